@@ -1,0 +1,1 @@
+//! Benchmarks live here (criterion); see issue "Benchmarks" and BENCHMARKS.md.

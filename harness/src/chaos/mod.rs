@@ -1,0 +1,25 @@
+//! The chaos engine: seeded, frame-aware plans for splitting, coalescing and cutting a
+//! byte stream, and the executors that carry them out.
+//!
+//! - [`plan`]: plans as data (`write`, `pause`, `close`, `reset`, `read`, `stall`).
+//! - faults (one per file, behind [`Fault`]): turn a stream and its frame layouts into a plan.
+
+pub mod plan;
+
+pub use plan::{Ending, Plan, PlanParseError, Step};
+
+use rand_chacha::ChaCha8Rng;
+use targets::wire::FrameLayout;
+
+/// A fault turns one direction's byte stream into a plan.
+///
+/// `len` is the stream length and `frames` the layouts of the frames in it (absolute
+/// offsets; empty when the framing is unknown). A fault never drops or reorders bytes:
+/// the plan's writes add up to `len`, unless it ends the connection early.
+pub trait Fault: Send + Sync + std::fmt::Debug {
+    /// The fault's name as used in `--faults` lists.
+    fn name(&self) -> &'static str;
+
+    /// Draws a plan for this stream from `rng`.
+    fn plan(&self, len: usize, frames: &[FrameLayout], rng: &mut ChaCha8Rng) -> Plan;
+}

@@ -1,0 +1,383 @@
+//! What every reference server shares: listener setup, the accept loop with its
+//! connection limit, per-connection error accounting, counters and graceful shutdown.
+//!
+//! A server module supplies only a connection handler; [`serve`] does the rest, so
+//! every server behaves the same under load and abuse: a bad peer costs only its own
+//! connection, and the cause is logged and counted.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::wire::WireError;
+
+/// How long connections get to wind down after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Options every server takes (DESIGN.md, "Reference servers").
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Connections served at once; further clients wait in the listen queue.
+    pub max_conns: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest frame payload accepted, if lower than the framing's own `max`.
+    pub max_frame: Option<usize>,
+    /// TCP keepalive idle time, to notice peers that vanished without a FIN.
+    pub keepalive: Option<Duration>,
+    /// Shared with whoever wants to read the server's counters; clone it before `run`.
+    pub counters: Arc<Counters>,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            max_conns: 1024,
+            idle_timeout: Duration::from_secs(30),
+            max_frame: None,
+            keepalive: None,
+            counters: Arc::default(),
+        }
+    }
+}
+
+/// Why a server could not start or keep accepting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(
+        "{server} serves only loopback addresses unless behind auth; refusing to listen on {addr}"
+    )]
+    NotLoopback {
+        server: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("bad configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Why one connection ended early. Recorded in [`Counters`] under [`ConnError::kind`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("idle for longer than {0:?}")]
+    IdleTimeout(Duration),
+    #[error("no handshake reply within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("authentication failed")]
+    AuthRejected,
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl ConnError {
+    /// A short, stable label for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnError::Wire(e) => e.kind(),
+            ConnError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset",
+            ConnError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => "broken_pipe",
+            ConnError::Io(_) => "io",
+            ConnError::IdleTimeout(_) => "idle_timeout",
+            ConnError::HandshakeTimeout(_) => "handshake_timeout",
+            ConnError::AuthRejected => "auth_rejected",
+            ConnError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// Live counters of one server. Cheap to update; read with [`Counters::snapshot`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    accepted: AtomicU64,
+    active: AtomicU64,
+    completed: AtomicU64,
+    aborted: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    changed: Notify,
+}
+
+/// A copy of [`Counters`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterSnapshot {
+    pub accepted: u64,
+    /// Connections being served now.
+    pub active: u64,
+    /// Connections that ended cleanly (peer closed at a frame boundary).
+    pub completed: u64,
+    /// Connections that ended with an error (see `errors`).
+    pub aborted: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Aborted connections by [`ConnError::kind`].
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::SeqCst);
+        CounterSnapshot {
+            accepted: load(&self.accepted),
+            active: load(&self.active),
+            completed: load(&self.completed),
+            aborted: load(&self.aborted),
+            frames_in: load(&self.frames_in),
+            frames_out: load(&self.frames_out),
+            errors: self
+                .errors
+                .lock()
+                .expect("counter lock")
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        }
+    }
+
+    pub fn frame_in(&self) {
+        self.bump(&self.frames_in);
+    }
+
+    pub fn frame_out(&self) {
+        self.bump(&self.frames_out);
+    }
+
+    fn bump(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn connection_started(&self) {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.bump(&self.accepted);
+    }
+
+    /// Records how a connection ended.
+    pub fn connection_ended(&self, result: &Result<(), ConnError>) {
+        match result {
+            Ok(()) => self.completed.fetch_add(1, Ordering::SeqCst),
+            Err(e) => {
+                *self
+                    .errors
+                    .lock()
+                    .expect("counter lock")
+                    .entry(e.kind())
+                    .or_default() += 1;
+                self.aborted.fetch_add(1, Ordering::SeqCst)
+            }
+        };
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits (at most `deadline`) until `pred` holds; returns the last snapshot either way.
+    pub async fn wait_until(
+        &self,
+        deadline: Duration,
+        pred: impl Fn(&CounterSnapshot) -> bool,
+    ) -> Result<CounterSnapshot, CounterSnapshot> {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                let snap = self.snapshot();
+                if pred(&snap) {
+                    return snap;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(deadline, wait)
+            .await
+            .map_err(|_| self.snapshot())
+    }
+}
+
+/// Binds a listener with SO_REUSEADDR (a restart on the same port works at once) and
+/// the given listen queue length.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Refuses a listener that is not on a loopback address (for exec and file without auth).
+pub fn require_loopback(listener: &TcpListener, server: &'static str) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(ServerError::NotLoopback { server, addr })
+    }
+}
+
+/// Reads the next frame, giving up after `idle`. `Ok(None)` = the peer closed cleanly
+/// at a frame boundary; EOF inside a frame is an error from the codec.
+pub async fn next_frame<S, T>(frames: &mut S, idle: Duration) -> Result<Option<T>, ConnError>
+where
+    S: Stream<Item = Result<T, WireError>> + Unpin,
+{
+    match tokio::time::timeout(idle, frames.next()).await {
+        Err(_) => Err(ConnError::IdleTimeout(idle)),
+        Ok(None) => Ok(None),
+        Ok(Some(frame)) => Ok(Some(frame?)),
+    }
+}
+
+/// Sends one reply frame and flushes it, so a pipelining client is never left waiting.
+pub async fn send_frame<S, T>(frames: &mut S, item: T, counters: &Counters) -> Result<(), ConnError>
+where
+    S: Sink<T, Error = WireError> + Unpin,
+{
+    frames.send(item).await?;
+    counters.frame_out();
+    Ok(())
+}
+
+/// The accept loop shared by every server.
+///
+/// Waits for a free connection slot before accepting (so excess clients queue in the
+/// kernel's backlog), runs `handler` on each connection in its own task, records how
+/// it ended, and on `shutdown` stops accepting and cancels the connections, waiting at
+/// most [`SHUTDOWN_GRACE`] for them to wind down.
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    common: &Common,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> Result<(), ServerError>
+where
+    H: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = Result<(), ConnError>> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(common.max_conns.max(1)));
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = tune(&stream, common) {
+            tracing::debug!(%peer, "socket options not applied: {e}");
+        }
+        let counters = common.counters.clone();
+        counters.connection_started();
+        let conn = handler(stream, peer);
+        let cancelled = cancel.clone().cancelled_owned();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let result = tokio::select! {
+                result = conn => result,
+                _ = cancelled => Ok(()),
+            };
+            if let Err(e) = &result {
+                tracing::info!(%peer, kind = e.kind(), "connection aborted: {e}");
+            }
+            counters.connection_ended(&result);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    cancel.cancel();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
+    Ok(())
+}
+
+fn tune(stream: &TcpStream, common: &Common) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    if let Some(idle) = common.keepalive {
+        SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
+    }
+    Ok(())
+}
+
+/// A server running on a background task; for tests and in-process campaigns.
+#[derive(Debug)]
+pub struct Handle {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Handle {
+    /// Spawns `run(listener, shutdown)` — any server's `run` with its config bound in.
+    pub fn spawn<R, Fut>(listener: TcpListener, run: R) -> io::Result<Handle>
+    where
+        R: FnOnce(TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = Result<(), ServerError>> + Send + 'static,
+    {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(run(listener, shutdown));
+        Ok(Handle {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Whether the server task has ended (it should not, before `shutdown`).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Requests a graceful shutdown and waits for the server to return.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| ServerError::Io(io::Error::other(e)))?
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

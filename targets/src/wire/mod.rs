@@ -1,0 +1,164 @@
+//! Wire formats: framing specs, codecs, and the byte layout of every encoded frame.
+//!
+//! A framing is named by a short spec string (`u32be`, `i32le,max=1MiB`, `line`,
+//! `hjson`; see [`Framing`]). [`Framing::codec`] builds a [`FrameCodec`] that implements
+//! tokio-util's `Decoder`/`Encoder` for byte payloads; [`Framing::encode`] also returns
+//! each frame's [`FrameLayout`] so the chaos engine can cut inside length fields,
+//! headers and bodies.
+//!
+//! Every decoder here follows the tokio-util contract: `Ok(None)` = need more bytes,
+//! `Err` = the stream is corrupt. Two rules on top: a declared length above `max` is
+//! rejected before anything is reserved for it, and EOF anywhere inside a frame is
+//! [`WireError::Truncated`], never a short frame and never a clean end.
+
+mod error;
+mod hjson;
+mod length;
+mod line;
+mod spec;
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+pub use error::{SpecError, WireError};
+pub use hjson::{HjsonCodec, HjsonFrame, MAX_HEADER};
+pub use length::LengthCodec;
+pub use line::LineCodec;
+pub use spec::{parse_size, Endian, Framing, LengthSpec, DEFAULT_MAX};
+
+/// Where one encoded frame's parts lie in the byte stream (absolute offsets).
+///
+/// `start..length_field` is the offset padding (length framings with `offset=`),
+/// `length_field` the length prefix (empty for `line`), `length_field.end..body.start`
+/// the rest of the header (hjson's JSON), `body.end..end` the trailer (`line`'s newline).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct FrameLayout {
+    pub start: usize,
+    pub length_field: Range<usize>,
+    pub body: Range<usize>,
+    pub end: usize,
+}
+
+impl FrameLayout {
+    /// Everything before the body.
+    pub fn header(&self) -> Range<usize> {
+        self.start..self.body.start
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+impl Framing {
+    /// A fresh codec (decoder state included) for this framing.
+    pub fn codec(&self) -> FrameCodec {
+        match *self {
+            Framing::Length(spec) => FrameCodec::Length(LengthCodec::new(spec)),
+            Framing::Line { max } => FrameCodec::Line(LineCodec::new(max)),
+            Framing::Hjson { max } => FrameCodec::Hjson(HjsonCodec::new(max)),
+        }
+    }
+
+    /// Appends one frame carrying `payload` to `dst` and returns where its parts lie.
+    /// For hjson the payload is the body, under the header `{"size": N}`.
+    pub fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<FrameLayout, WireError> {
+        let start = dst.len();
+        let length_field = match self {
+            Framing::Length(l) => start + l.offset..start + l.header_len(),
+            Framing::Line { .. } => start..start,
+            Framing::Hjson { .. } => start..start + 4,
+        };
+        self.codec().encode(payload, dst)?;
+        let end = dst.len();
+        let trailer = usize::from(matches!(self, Framing::Line { .. }));
+        Ok(FrameLayout {
+            start,
+            length_field,
+            body: end - trailer - payload.len()..end - trailer,
+            end,
+        })
+    }
+
+    /// Encodes every payload into one stream; returns the stream and the frame layouts.
+    pub fn encode_all<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+    ) -> Result<(Bytes, Vec<FrameLayout>), WireError> {
+        let mut dst = BytesMut::with_capacity(payloads.iter().map(|p| p.as_ref().len() + 16).sum());
+        let layouts = payloads
+            .iter()
+            .map(|p| self.encode(p.as_ref(), &mut dst))
+            .collect::<Result<_, _>>()?;
+        Ok((dst.freeze(), layouts))
+    }
+}
+
+/// A codec for any [`Framing`], decoding to and encoding from byte payloads.
+///
+/// For hjson the payload is the body; use [`HjsonCodec`] directly to see headers.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FrameCodec {
+    Length(LengthCodec),
+    Line(LineCodec),
+    Hjson(HjsonCodec),
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
+        match self {
+            FrameCodec::Length(c) => c.decode(src),
+            FrameCodec::Line(c) => c.decode(src),
+            FrameCodec::Hjson(c) => Ok(c.decode(src)?.map(|f| f.body)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
+        match self {
+            FrameCodec::Length(c) => c.decode_eof(src),
+            FrameCodec::Line(c) => c.decode_eof(src),
+            FrameCodec::Hjson(c) => Ok(c.decode_eof(src)?.map(|f| f.body)),
+        }
+    }
+}
+
+impl Encoder<&[u8]> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<(), WireError> {
+        match self {
+            FrameCodec::Length(c) => c.encode(payload, dst),
+            FrameCodec::Line(c) => c.encode(payload, dst),
+            FrameCodec::Hjson(c) => c.encode(
+                HjsonFrame::new(serde_json::Value::Null, Bytes::copy_from_slice(payload)),
+                dst,
+            ),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), WireError> {
+        match self {
+            FrameCodec::Hjson(c) => {
+                c.encode(HjsonFrame::new(serde_json::Value::Null, payload), dst)
+            }
+            _ => self.encode(payload.as_ref(), dst),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,392 @@
+//! Parsing of framing spec strings (`u32be`, `i32le,max=1MiB`, `hjson`, ...).
+//!
+//! Grammar: `KIND[,KEY=VALUE]*` where KIND is a length-field kind, `line` or `hjson`,
+//! and KEY is `offset` (bytes before the length field), `adjust` (signed value added to
+//! the length field to get the payload length) or `max` (largest payload; a plain
+//! number or one with a KiB/MiB/GiB suffix). `offset`/`adjust` only apply to length
+//! kinds. [`Framing`]'s `Display` prints the canonical form, which parses back to the
+//! same value.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::SpecError;
+
+/// Largest payload when the spec sets no `max=`.
+pub const DEFAULT_MAX: usize = 8 * 1024 * 1024;
+/// Largest `max=` accepted at all: 4 GiB - 1, so a frame always fits a u32 counter.
+pub const MAX_MAX: u64 = u32::MAX as u64;
+/// Largest `offset=`: the bytes before the length field are opaque padding to us.
+pub const MAX_OFFSET: usize = 64;
+
+/// Byte order of a length field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endian {
+    Big,
+    Little,
+}
+
+/// A length-prefixed framing: `offset` opaque bytes, a `width`-byte length field, the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LengthSpec {
+    /// Length field width in bytes: 1, 2, 4 or 8.
+    pub width: usize,
+    pub endian: Endian,
+    /// Whether the field is a two's-complement signed integer (negative = error).
+    pub signed: bool,
+    /// Bytes before the length field (written as zeros, skipped when decoding).
+    pub offset: usize,
+    /// Added to the field's value to get the payload length (e.g. -4 when the field counts itself).
+    pub adjust: i64,
+    /// Largest payload accepted or produced.
+    pub max: usize,
+}
+
+impl LengthSpec {
+    /// Bytes before the payload: offset plus the length field.
+    pub fn header_len(&self) -> usize {
+        self.offset + self.width
+    }
+
+    /// Largest unsigned value the length field can hold.
+    pub fn field_limit(&self) -> u64 {
+        let bits = self.width as u32 * 8 - u32::from(self.signed);
+        if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        }
+    }
+
+    /// Largest payload the field can describe: field limit plus adjust, within [0, MAX_MAX].
+    pub fn payload_limit(&self) -> u64 {
+        (self.field_limit() as i128 + self.adjust as i128).clamp(0, MAX_MAX as i128) as u64
+    }
+
+    /// `max` when the spec sets none: 8 MiB, or less if the field cannot say more.
+    pub fn default_max(&self) -> usize {
+        (DEFAULT_MAX as u64).min(self.payload_limit()) as usize
+    }
+
+    fn kind_name(&self) -> String {
+        let sign = if self.signed { 'i' } else { 'u' };
+        let bits = self.width * 8;
+        match (self.width, self.endian) {
+            (1, _) => format!("{sign}8"),
+            (_, Endian::Big) => format!("{sign}{bits}be"),
+            (_, Endian::Little) => format!("{sign}{bits}le"),
+        }
+    }
+}
+
+/// A parsed framing spec. Build codecs with [`Framing::codec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Framing {
+    Length(LengthSpec),
+    /// Newline-terminated frames; `max` bounds the line without its newline.
+    Line {
+        max: usize,
+    },
+    /// `u32be` header length, a JSON object header with a `size` field, then `size` body bytes.
+    Hjson {
+        max: usize,
+    },
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Framing::Length(length_kind("u32be").expect("u32be is a known kind"))
+    }
+}
+
+impl Framing {
+    /// The same framing with `max` lowered (never raised) to `max`.
+    pub fn with_max(mut self, max: usize) -> Framing {
+        match &mut self {
+            Framing::Length(l) => l.max = l.max.min(max),
+            Framing::Line { max: m } | Framing::Hjson { max: m } => *m = (*m).min(max),
+        }
+        self
+    }
+
+    /// Largest payload (for hjson: body) this framing accepts.
+    pub fn max(&self) -> usize {
+        match self {
+            Framing::Length(l) => l.max,
+            Framing::Line { max } | Framing::Hjson { max } => *max,
+        }
+    }
+}
+
+fn length_kind(kind: &str) -> Option<LengthSpec> {
+    let (width, endian, signed) = match kind {
+        "u8" => (1, Endian::Big, false),
+        "u16be" => (2, Endian::Big, false),
+        "u16le" => (2, Endian::Little, false),
+        "u32be" => (4, Endian::Big, false),
+        "u32le" => (4, Endian::Little, false),
+        "u64be" => (8, Endian::Big, false),
+        "u64le" => (8, Endian::Little, false),
+        "i32be" => (4, Endian::Big, true),
+        "i32le" => (4, Endian::Little, true),
+        _ => return None,
+    };
+    Some(LengthSpec {
+        width,
+        endian,
+        signed,
+        offset: 0,
+        adjust: 0,
+        max: DEFAULT_MAX,
+    })
+}
+
+/// Parses `123`, `64KiB`, `8MiB`, `1GiB` (also `k`/`m`/`g`, any case).
+pub fn parse_size(value: &str) -> Result<u64, &'static str> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    if digits.is_empty() {
+        return Err("expected a number, optionally with a KiB/MiB/GiB suffix");
+    }
+    let n: u64 = digits.parse().map_err(|_| "number too large")?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err("unknown unit (use KiB, MiB or GiB)"),
+    };
+    n.checked_mul(mult).ok_or("number too large")
+}
+
+impl FromStr for Framing {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let mut parts = spec.split(',').map(str::trim);
+        let kind = parts.next().unwrap_or_default();
+        if kind.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let mut length = length_kind(kind);
+        if length.is_none() && kind != "line" && kind != "hjson" {
+            return Err(SpecError::UnknownKind(kind.to_string()));
+        }
+        let (mut offset, mut adjust, mut max) = (None, None, None);
+        for part in parts {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| SpecError::MalformedModifier(part.to_string()))?;
+            let (key, value) = (key.trim(), value.trim());
+            let bad = |reason| SpecError::BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+                reason,
+            };
+            let slot_taken = match key {
+                "offset" | "adjust" if length.is_none() => {
+                    return Err(SpecError::NotApplicable {
+                        key: key.to_string(),
+                        kind: kind.to_string(),
+                    })
+                }
+                "offset" => {
+                    let n: usize = value.parse().map_err(|_| bad("expected a byte count"))?;
+                    if n > MAX_OFFSET {
+                        return Err(bad("offset is at most 64 bytes"));
+                    }
+                    offset.replace(n).is_some()
+                }
+                "adjust" => {
+                    let n: i64 = value
+                        .parse()
+                        .map_err(|_| bad("expected a signed integer"))?;
+                    if n.unsigned_abs() > MAX_MAX {
+                        return Err(bad("adjust is out of range"));
+                    }
+                    adjust.replace(n).is_some()
+                }
+                "max" => {
+                    let n = parse_size(value).map_err(bad)?;
+                    if n > MAX_MAX {
+                        return Err(bad("max is at most 4 GiB - 1"));
+                    }
+                    max.replace(n).is_some()
+                }
+                _ => return Err(SpecError::UnknownModifier(key.to_string())),
+            };
+            if slot_taken {
+                return Err(SpecError::DuplicateModifier(key.to_string()));
+            }
+        }
+        match length.as_mut() {
+            Some(l) => {
+                l.offset = offset.unwrap_or(0);
+                l.adjust = adjust.unwrap_or(0);
+                let limit = l.payload_limit();
+                l.max = match max {
+                    Some(m) if m > limit => {
+                        return Err(SpecError::MaxBeyondField {
+                            max: m,
+                            width: l.width,
+                            adjust: l.adjust,
+                            limit,
+                        })
+                    }
+                    Some(m) => m as usize,
+                    None => l.default_max(),
+                };
+                Ok(Framing::Length(*l))
+            }
+            None => {
+                let max = max.map_or(DEFAULT_MAX, |m| m as usize);
+                Ok(if kind == "line" {
+                    Framing::Line { max }
+                } else {
+                    Framing::Hjson { max }
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, max) = match self {
+            Framing::Length(l) => {
+                f.write_str(&l.kind_name())?;
+                if l.offset != 0 {
+                    write!(f, ",offset={}", l.offset)?;
+                }
+                if l.adjust != 0 {
+                    write!(f, ",adjust={}", l.adjust)?;
+                }
+                return if l.max != l.default_max() {
+                    write!(f, ",max={}", l.max)
+                } else {
+                    Ok(())
+                };
+            }
+            Framing::Line { max } => ("line", *max),
+            Framing::Hjson { max } => ("hjson", *max),
+        };
+        f.write_str(kind)?;
+        if max != DEFAULT_MAX {
+            write!(f, ",max={max}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn len(spec: &str) -> LengthSpec {
+        match spec.parse::<Framing>().unwrap() {
+            Framing::Length(l) => l,
+            other => panic!("{spec} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_kind_parses_with_its_width_and_order() {
+        for (spec, width, endian, signed) in [
+            ("u8", 1, Endian::Big, false),
+            ("u16be", 2, Endian::Big, false),
+            ("u16le", 2, Endian::Little, false),
+            ("u32be", 4, Endian::Big, false),
+            ("u32le", 4, Endian::Little, false),
+            ("u64be", 8, Endian::Big, false),
+            ("u64le", 8, Endian::Little, false),
+            ("i32be", 4, Endian::Big, true),
+            ("i32le", 4, Endian::Little, true),
+        ] {
+            let l = len(spec);
+            assert_eq!(
+                (l.width, l.endian, l.signed),
+                (width, endian, signed),
+                "{spec}"
+            );
+        }
+        assert_eq!(
+            "line".parse::<Framing>().unwrap(),
+            Framing::Line { max: DEFAULT_MAX }
+        );
+        assert_eq!(
+            "hjson".parse::<Framing>().unwrap(),
+            Framing::Hjson { max: DEFAULT_MAX }
+        );
+        assert_eq!(Framing::default(), "u32be".parse().unwrap());
+    }
+
+    #[test]
+    fn modifiers_and_size_units() {
+        let l = len("u16le, offset=2, adjust=-2, max=1KiB");
+        assert_eq!((l.offset, l.adjust, l.max), (2, -2, 1024));
+        assert_eq!(len("u32be,max=8MiB").max, 8 << 20);
+        assert_eq!(len("u64be,max=2GiB").max, 2 << 30);
+        assert_eq!(len("u32be,max=100").max, 100);
+        assert_eq!("line,max=1k".parse::<Framing>().unwrap().max(), 1024);
+    }
+
+    #[test]
+    fn narrow_fields_default_to_what_they_can_express() {
+        assert_eq!(len("u8").max, 255);
+        assert_eq!(len("u8,adjust=-1").max, 254);
+        assert_eq!(len("u16be").max, 65535);
+        assert_eq!(len("u32be").max, DEFAULT_MAX);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for spec in [
+            "u32be",
+            "i32le",
+            "u8",
+            "u16le,offset=3,adjust=-5,max=1000",
+            "line,max=10",
+            "hjson",
+            "u64le,max=1",
+        ] {
+            let f: Framing = spec.parse().unwrap();
+            assert_eq!(f.to_string().parse::<Framing>().unwrap(), f, "{spec}");
+            assert_eq!(f.to_string(), spec);
+        }
+    }
+
+    #[test]
+    fn bad_specs_get_typed_errors() {
+        let err = |s: &str| s.parse::<Framing>().unwrap_err();
+        assert_eq!(err(""), SpecError::Empty);
+        assert!(matches!(err("u24be"), SpecError::UnknownKind(k) if k == "u24be"));
+        assert!(matches!(err("u32be,max"), SpecError::MalformedModifier(_)));
+        assert!(matches!(err("u32be,foo=1"), SpecError::UnknownModifier(_)));
+        assert!(matches!(
+            err("u32be,max=1,max=2"),
+            SpecError::DuplicateModifier(_)
+        ));
+        assert!(matches!(
+            err("line,offset=1"),
+            SpecError::NotApplicable { .. }
+        ));
+        assert!(matches!(
+            err("hjson,adjust=1"),
+            SpecError::NotApplicable { .. }
+        ));
+        assert!(matches!(err("u32be,max=1TiB"), SpecError::BadValue { .. }));
+        assert!(matches!(err("u32be,max=-1"), SpecError::BadValue { .. }));
+        assert!(matches!(err("u32be,max=5GiB"), SpecError::BadValue { .. }));
+        assert!(matches!(err("u32be,offset=x"), SpecError::BadValue { .. }));
+        assert!(matches!(err("u32be,offset=65"), SpecError::BadValue { .. }));
+        assert!(matches!(
+            err("u8,max=256"),
+            SpecError::MaxBeyondField { limit: 255, .. }
+        ));
+        assert!(matches!(
+            err("i32le,max=3GiB"),
+            SpecError::MaxBeyondField { .. }
+        ));
+    }
+}

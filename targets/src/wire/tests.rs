@@ -1,0 +1,310 @@
+//! Codec tests named after the stream each one feeds the decoder.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::*;
+
+const SPECS: &[&str] = &[
+    "u8",
+    "u16be",
+    "u16le",
+    "u32be",
+    "u32le",
+    "u64be",
+    "u64le",
+    "i32le",
+    "i32be",
+    "u16be,offset=3,adjust=-2",
+    "u32le,adjust=-4",
+    "line",
+    "hjson",
+];
+
+fn payloads() -> Vec<Vec<u8>> {
+    [0usize, 1, 2, 3, 4, 5, 8, 9, 200, 255]
+        .iter()
+        .map(|&n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
+        .collect()
+}
+
+/// Decodes `stream` fed in `chunk`-byte pieces, then signals EOF.
+fn decode_chunked(framing: &Framing, stream: &[u8], chunk: usize) -> Result<Vec<Bytes>, WireError> {
+    let mut codec = framing.codec();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for piece in stream.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        while let Some(frame) = codec.decode(&mut buf)? {
+            out.push(frame);
+        }
+    }
+    while let Some(frame) = codec.decode_eof(&mut buf)? {
+        out.push(frame);
+    }
+    Ok(out)
+}
+
+#[test]
+fn round_trip_every_framing_whatever_the_chunking() {
+    for spec in SPECS {
+        let framing: Framing = spec.parse().unwrap();
+        let msgs = payloads();
+        let (stream, layouts) = framing.encode_all(&msgs).unwrap();
+        assert_eq!(layouts.len(), msgs.len());
+        for chunk in [1, 2, 3, 7, 64, stream.len()] {
+            let got = decode_chunked(&framing, &stream, chunk).unwrap();
+            assert_eq!(got, msgs, "{spec}, chunk {chunk}");
+        }
+    }
+}
+
+#[test]
+fn layouts_locate_length_field_and_body() {
+    for spec in SPECS {
+        let framing: Framing = spec.parse().unwrap();
+        let msgs = payloads();
+        let (stream, layouts) = framing.encode_all(&msgs).unwrap();
+        let mut expected_start = 0;
+        for (msg, l) in msgs.iter().zip(&layouts) {
+            assert_eq!(l.start, expected_start, "{spec}: frames are contiguous");
+            assert_eq!(&stream[l.body.clone()], &msg[..], "{spec}");
+            assert!(
+                l.start <= l.length_field.start
+                    && l.length_field.end <= l.body.start
+                    && l.body.end <= l.end
+            );
+            let width = match framing {
+                Framing::Length(ls) => ls.width,
+                Framing::Line { .. } => 0,
+                Framing::Hjson { .. } => 4,
+            };
+            assert_eq!(l.length_field.len(), width, "{spec}");
+            expected_start = l.end;
+        }
+        assert_eq!(expected_start, stream.len());
+    }
+}
+
+#[test]
+fn eof_at_every_offset_inside_a_frame_is_truncated() {
+    for spec in SPECS {
+        let framing: Framing = spec.parse().unwrap();
+        for msg in payloads() {
+            let (stream, _) = framing.encode_all(&[&msg]).unwrap();
+            for cut in 1..stream.len() {
+                // Both a one-shot buffer and byte-by-byte delivery must fail the same way.
+                for chunk in [1, cut] {
+                    match decode_chunked(&framing, &stream[..cut], chunk) {
+                        Err(WireError::Truncated { .. }) => {}
+                        other => panic!("{spec}, {}-byte frame cut at {cut}: {other:?}", msg.len()),
+                    }
+                }
+            }
+            assert_eq!(
+                decode_chunked(&framing, &[], 1).unwrap(),
+                Vec::<Bytes>::new()
+            );
+        }
+    }
+}
+
+#[test]
+fn eof_right_after_complete_header_is_not_a_clean_end() {
+    // The inner LengthDelimitedCodec consumes the header and would report a clean EOF.
+    let framing: Framing = "u32be".parse().unwrap();
+    let mut codec = framing.codec();
+    let mut buf = BytesMut::from(&[0, 0, 0, 5][..]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(buf.is_empty(), "header consumed");
+    assert!(matches!(
+        codec.decode_eof(&mut buf),
+        Err(WireError::Truncated { received: 4 })
+    ));
+}
+
+#[test]
+fn read_partial_then_not_ready() {
+    let framing: Framing = "u32be".parse().unwrap();
+    let mut codec = framing.codec();
+    let mut buf = BytesMut::from(&[0, 0, 0, 3, b'a'][..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b"bc\x00\x00");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), &b"abc"[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+}
+
+#[test]
+fn huge_length_is_rejected_before_any_allocation() {
+    for (spec, header) in [
+        ("u32be", vec![0xff, 0xff, 0xff, 0xff]),
+        ("u32le", vec![0xff, 0xff, 0xff, 0xff]),
+        ("u64be", vec![0x80, 0, 0, 0, 0, 0, 0, 0]), // 2^63
+        ("u64le", vec![0xff; 8]),
+    ] {
+        let mut codec = spec.parse::<Framing>().unwrap().codec();
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(&header);
+        assert!(
+            matches!(codec.decode(&mut buf), Err(WireError::FrameTooLarge { .. })),
+            "{spec}"
+        );
+        assert!(buf.capacity() < 1024, "{spec}: reserved {}", buf.capacity());
+    }
+}
+
+#[test]
+fn negative_signed_length_is_its_own_error() {
+    for (spec, header) in [
+        ("i32le", (-1i32).to_le_bytes()),
+        ("i32be", (-1i32).to_be_bytes()),
+        ("i32le", i32::MIN.to_le_bytes()),
+        ("i32le", 0xFFFF_FFFFu32.to_le_bytes()),
+    ] {
+        let mut codec = spec.parse::<Framing>().unwrap().codec();
+        let mut buf = BytesMut::from(&header[..]);
+        assert!(
+            matches!(codec.decode(&mut buf), Err(WireError::NegativeLength(n)) if n < 0),
+            "{spec}"
+        );
+    }
+}
+
+#[test]
+fn i32le_matches_python_struct_pack_i() {
+    // struct.pack('i', 5) on x86-64 == b'\x05\x00\x00\x00'
+    let mut dst = BytesMut::new();
+    "i32le"
+        .parse::<Framing>()
+        .unwrap()
+        .codec()
+        .encode(&b"hello"[..], &mut dst)
+        .unwrap();
+    assert_eq!(&dst[..], b"\x05\x00\x00\x00hello");
+}
+
+#[test]
+fn exactly_max_passes_and_max_plus_one_fails_both_ways() {
+    for spec in [
+        "u32be,max=100",
+        "u16le,offset=2,adjust=-2,max=100",
+        "line,max=100",
+        "hjson,max=100",
+    ] {
+        let framing: Framing = spec.parse().unwrap();
+        let ok = vec![b'x'; 100];
+        let (stream, _) = framing.encode_all(&[&ok]).unwrap();
+        assert_eq!(
+            decode_chunked(&framing, &stream, 7).unwrap(),
+            vec![Bytes::from(ok)]
+        );
+        let big = vec![b'x'; 101];
+        assert!(
+            framing.encode_all(&[&big]).is_err(),
+            "{spec}: encoder refuses"
+        );
+        // A permissive encoder, then the bounded decoder.
+        let loose: Framing = spec.replace("max=100", "max=1000").parse().unwrap();
+        let (stream, _) = loose.encode_all(&[&big]).unwrap();
+        assert!(
+            matches!(
+                decode_chunked(&framing, &stream, 7),
+                Err(WireError::FrameTooLarge { .. } | WireError::LineTooLong { .. })
+            ),
+            "{spec}: decoder refuses"
+        );
+    }
+}
+
+#[test]
+fn adjust_counts_the_length_field_itself() {
+    // A protocol whose length field includes its own 4 bytes.
+    let framing: Framing = "u32be,adjust=-4".parse().unwrap();
+    let (stream, _) = framing.encode_all(&[b"ab"]).unwrap();
+    assert_eq!(&stream[..], b"\x00\x00\x00\x06ab");
+    let mut codec = framing.codec();
+    let mut buf = BytesMut::from(&b"\x00\x00\x00\x02"[..]);
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(WireError::LengthUnderflow { .. })
+    ));
+    // A positive adjust means payloads shorter than it cannot be described.
+    let short: Framing = "u32be,adjust=4".parse().unwrap();
+    assert!(matches!(
+        short.encode_all(&[b"abc"]),
+        Err(WireError::TooShortForAdjust { len: 3, adjust: 4 })
+    ));
+    assert_eq!(
+        &short.encode_all(&[b"abcde"]).unwrap().0[..],
+        b"\x00\x00\x00\x01abcde"
+    );
+}
+
+#[test]
+fn overlong_line_fails_without_waiting_for_newline() {
+    let mut codec = "line,max=8".parse::<Framing>().unwrap().codec();
+    let mut buf = BytesMut::from(&[b'x'; 64][..]);
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(WireError::LineTooLong { max: 8 })
+    ));
+    let mut enc = BytesMut::new();
+    assert!(matches!(
+        codec.encode(&b"a\nb"[..], &mut enc),
+        Err(WireError::NewlineInPayload)
+    ));
+}
+
+fn hjson_raw(header: &[u8], body: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.put_u32(header.len() as u32);
+    buf.put_slice(header);
+    buf.put_slice(body);
+    buf
+}
+
+#[test]
+fn hjson_bad_headers_are_typed() {
+    for header in [
+        &b"{not json"[..],
+        b"[1,2]",
+        b"\"size\"",
+        b"{}",
+        b"{\"size\":-1}",
+        b"{\"size\":1.5}",
+        b"{\"size\":\"3\"}",
+        b"\xff\xfe",
+    ] {
+        let mut codec = HjsonCodec::new(1024);
+        let mut buf = hjson_raw(header, b"abc");
+        assert!(
+            matches!(codec.decode(&mut buf), Err(WireError::BadHeader(_))),
+            "{}",
+            String::from_utf8_lossy(header)
+        );
+    }
+    let mut codec = HjsonCodec::new(1024);
+    let mut buf = hjson_raw(b"{\"size\":1025}", b"");
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(WireError::FrameTooLarge { len: 1025, .. })
+    ));
+    // A 1 MiB header is refused from its length prefix alone.
+    let mut buf = BytesMut::from(&(1u32 << 20).to_be_bytes()[..]);
+    assert!(matches!(
+        HjsonCodec::new(1024).decode(&mut buf),
+        Err(WireError::HeaderTooLarge { .. })
+    ));
+}
+
+#[test]
+fn hjson_keeps_header_fields_and_sets_size() {
+    let mut codec = HjsonCodec::new(1024);
+    let mut buf = BytesMut::new();
+    let frame = HjsonFrame::new(serde_json::json!({"op": "put", "name": "a"}), &b"xyz"[..]);
+    codec.encode(frame.clone(), &mut buf).unwrap();
+    let got = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(got.body, frame.body);
+    assert_eq!(got.header["op"], "put");
+    assert_eq!(got.header["size"], 3);
+}

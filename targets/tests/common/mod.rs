@@ -1,0 +1,73 @@
+//! Helpers shared by the real-socket server tests. Each test binary uses a subset.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Decoder, FramedRead};
+
+/// Upper bound for any single wait in these tests; nothing may hang CI.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A listener on an ephemeral loopback port.
+pub fn listener() -> TcpListener {
+    targets::server::bind("127.0.0.1:0".parse().unwrap(), 128).expect("bind loopback")
+}
+
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    let s = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Closes with an RST instead of a FIN (SO_LINGER 0).
+pub fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(stream);
+}
+
+/// Writes `bytes` one byte per write, pausing so the server really reads them apart.
+pub async fn write_bytewise<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) {
+    for b in bytes {
+        w.write_all(std::slice::from_ref(b)).await.unwrap();
+        w.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// Reads the next `n` frames with `codec`, failing the test on error or timeout.
+pub async fn read_frames<R, D>(r: R, codec: D, n: usize) -> Vec<D::Item>
+where
+    R: AsyncRead + Unpin,
+    D: Decoder,
+    D::Error: std::fmt::Debug,
+{
+    let mut frames = FramedRead::new(r, codec);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let next = tokio::time::timeout(DEADLINE, frames.next()).await.expect("reply timed out");
+        out.push(next.expect("server closed early").expect("bad reply frame"));
+    }
+    assert!(frames.read_buffer().is_empty(), "unexpected extra bytes after {n} frames");
+    out
+}
+
+/// Reads until EOF or error; returns what arrived and whether it ended in an error.
+pub async fn read_to_end_or_error<R: AsyncRead + Unpin>(r: &mut R) -> (BytesMut, Option<std::io::Error>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::new();
+    loop {
+        match tokio::time::timeout(DEADLINE, r.read_buf(&mut buf)).await.expect("read timed out") {
+            Ok(0) => return (buf, None),
+            Ok(_) => {}
+            Err(e) => return (buf, Some(e)),
+        }
+    }
+}
