@@ -71,3 +71,51 @@ pub async fn read_to_end_or_error<R: AsyncRead + Unpin>(r: &mut R) -> (BytesMut,
         }
     }
 }
+
+/// Where a client cuts one request: inside the header, right after it, inside the body.
+pub fn cut_points(layout: &targets::wire::FrameLayout) -> Vec<(&'static str, usize)> {
+    let header = layout.header();
+    assert!(header.len() >= 2 && layout.body.len() >= 2, "need a 2+ byte header and body to cut inside them");
+    vec![
+        ("mid-header", header.start + header.len() / 2),
+        ("after-header", layout.body.start),
+        ("mid-body", layout.body.start + layout.body.len() / 2),
+    ]
+}
+
+/// For each cut point and for both FIN and RST: sends `request[..cut]` on a fresh
+/// connection, disconnects, waits until the server counts one more aborted connection,
+/// then runs `healthy` (which must prove a new client is served correctly).
+pub async fn disconnect_matrix<F, Fut>(
+    addr: SocketAddr,
+    counters: &targets::server::Counters,
+    request: &[u8],
+    layout: &targets::wire::FrameLayout,
+    healthy: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for (region, at) in cut_points(layout) {
+        for rst in [false, true] {
+            let before = counters.snapshot();
+            let mut s = connect(addr).await;
+            s.write_all(&request[..at]).await.unwrap();
+            // Let the partial request reach the server before the connection goes.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if rst {
+                reset(s);
+            } else {
+                s.shutdown().await.unwrap();
+                drop(s);
+            }
+            let how = if rst { "RST" } else { "FIN" };
+            let after = counters
+                .wait_until(DEADLINE, |c| c.aborted > before.aborted && c.active == 0)
+                .await
+                .unwrap_or_else(|c| panic!("{how} {region} (byte {at}) not counted as aborted: {c:?}"));
+            assert_eq!(after.completed, before.completed, "{how} {region}: a cut is not a clean end");
+            healthy().await;
+        }
+    }
+}
