@@ -98,7 +98,11 @@ pub async fn disconnect_matrix<F, Fut>(
 {
     for (region, at) in cut_points(layout) {
         for rst in [false, true] {
-            let before = counters.snapshot();
+            // Earlier clients (including `healthy`'s) must be gone, or counts would race.
+            let before = counters
+                .wait_until(DEADLINE, |c| c.active == 0)
+                .await
+                .unwrap_or_else(|c| panic!("earlier connections still open: {c:?}"));
             let mut s = connect(addr).await;
             s.write_all(&request[..at]).await.unwrap();
             // Let the partial request reach the server before the connection goes.
