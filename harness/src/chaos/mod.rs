@@ -2,11 +2,17 @@
 //! byte stream, and the executors that carry them out.
 //!
 //! - [`plan`]: plans as data (`write`, `pause`, `close`, `reset`, `read`, `stall`).
-//! - faults (one per file, behind [`Fault`]): turn a stream and its frame layouts into a plan.
+//! - [`faults`] (one per file, behind [`Fault`]): turn a stream and its frame layouts into a
+//!   plan; [`FaultSet`] is a parsed `--faults` list.
+//! - [`seed`]: master seed -> per-connection ChaCha RNGs.
 
+pub mod faults;
 pub mod plan;
+pub mod seed;
 
+pub use faults::{FaultSet, FaultSpecError};
 pub use plan::{Ending, Plan, PlanParseError, Step};
+pub use seed::{conn_rng, purpose_rng, Direction};
 
 use rand_chacha::ChaCha8Rng;
 use targets::wire::FrameLayout;
