@@ -71,7 +71,6 @@ mod tests {
     fn output_is_pinned() {
         // If this changes, every recorded seed stops replaying: do not "fix" the constant.
         let first: u64 = conn_rng(1, 0, Direction::Up).random();
-        let again: u64 = conn_rng(1, 0, Direction::Up).random();
-        assert_eq!(first, again);
+        assert_eq!(first, 0x6709_4cea_8ca4_0db1);
     }
 }
