@@ -42,3 +42,8 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), ConnError> {
     todo!()
 }
+
+/// STUB: reads the key from `key_file` or `CHOPSTICK_KEY`.
+pub fn load_key(_key_file: Option<&std::path::Path>) -> Result<Vec<u8>, std::io::Error> {
+    todo!()
+}
