@@ -131,7 +131,11 @@ enum TransformArg {
 #[derive(Args, Debug)]
 struct ExecArgs {
     /// Programs that may run (argv[0], comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "echo,printf,seq,cat,head,wc,true,false")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "echo,printf,seq,cat,head,wc,true,false"
+    )]
     allow: Vec<String>,
     /// Seconds before a running command is killed.
     #[arg(long, default_value_t = 5.0)]
@@ -153,7 +157,8 @@ fn size_arg(s: &str) -> Result<usize, String> {
 }
 
 fn secs(s: f64, what: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(s).with_context(|| format!("--{what} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("--{what} must be a non-negative number of seconds"))
 }
 
 impl CommonArgs {
@@ -251,14 +256,19 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
         | ServerCmd::File { common, .. }
         | ServerCmd::Auth { common, .. } => common,
     };
-    let listener = server::bind(common.listen, common.backlog).with_context(|| format!("cannot listen on {}", common.listen))?;
+    let listener = server::bind(common.listen, common.backlog)
+        .with_context(|| format!("cannot listen on {}", common.listen))?;
     let addr = listener.local_addr()?;
     let config = common.common()?;
     // Announce before serving: tests and `check --spawn` parse this line for the port.
     println!("listening on {addr}");
     let result = match cmd {
-        ServerCmd::Echo { echo, .. } => echo::run(listener, echo.config(config), shutdown_signal()).await,
-        ServerCmd::Exec { exec, .. } => exec::run(listener, exec.config(config)?, shutdown_signal()).await,
+        ServerCmd::Echo { echo, .. } => {
+            echo::run(listener, echo.config(config), shutdown_signal()).await
+        }
+        ServerCmd::Exec { exec, .. } => {
+            exec::run(listener, exec.config(config)?, shutdown_signal()).await
+        }
         ServerCmd::File { file, .. } => {
             file::run(
                 listener,

@@ -27,7 +27,9 @@ fn serve(args: &[&str]) -> (Server, SocketAddr) {
         .spawn()
         .expect("spawn chopstick");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr = line
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("first line was {line:?}"))
@@ -51,7 +53,10 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 #[test]
 fn serve_echo_announces_its_port_answers_and_exits_on_sigterm() {
     let (mut server, addr) = serve(&["echo", "--transform", "upper"]);
-    assert!(addr.ip().is_loopback(), "default listen address is loopback");
+    assert!(
+        addr.ip().is_loopback(),
+        "default listen address is loopback"
+    );
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(b"\x00\x00\x00\x05hello").unwrap();

@@ -51,7 +51,16 @@ async fn round_trip(addr: SocketAddr, framing: &Framing, payloads: &[&[u8]]) {
 
 #[tokio::test]
 async fn happy_path_ping_pong_in_every_framing() {
-    for spec in ["u32be", "u8", "u16le", "i32le", "u64be", "u16be,offset=2,adjust=-2", "line", "hjson"] {
+    for spec in [
+        "u32be",
+        "u8",
+        "u16le",
+        "i32le",
+        "u64be",
+        "u16be,offset=2,adjust=-2",
+        "line",
+        "hjson",
+    ] {
         let server = start(spec);
         let mut s = connect(server.handle.addr).await;
         let mut codec = server.framing.codec();
@@ -63,8 +72,16 @@ async fn happy_path_ping_pong_in_every_framing() {
             assert_eq!(reply[0], payload, "{spec}");
         }
         drop(s);
-        let c = server.counters.wait_until(DEADLINE, |c| c.active == 0).await.unwrap();
-        assert_eq!((c.completed, c.aborted, c.frames_in, c.frames_out), (1, 0, 4, 4), "{spec}");
+        let c = server
+            .counters
+            .wait_until(DEADLINE, |c| c.active == 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            (c.completed, c.aborted, c.frames_in, c.frames_out),
+            (1, 0, 4, 4),
+            "{spec}"
+        );
         server.handle.shutdown().await.unwrap();
     }
 }
@@ -72,20 +89,32 @@ async fn happy_path_ping_pong_in_every_framing() {
 #[tokio::test]
 async fn request_written_one_byte_at_a_time() {
     let server = start("u32be");
-    let (stream, _) = server.framing.encode_all(&[&b"split me"[..], b"", b"again"]).unwrap();
+    let (stream, _) = server
+        .framing
+        .encode_all(&[&b"split me"[..], b"", b"again"])
+        .unwrap();
     let mut s = connect(server.handle.addr).await;
     write_bytewise(&mut s, &stream).await;
     let replies = read_frames(&mut s, server.framing.codec(), 3).await;
-    assert_eq!(replies, vec![Bytes::from("split me"), Bytes::new(), Bytes::from("again")]);
+    assert_eq!(
+        replies,
+        vec![Bytes::from("split me"), Bytes::new(), Bytes::from("again")]
+    );
 }
 
 #[tokio::test]
 async fn coalesced_requests_are_answered_in_order() {
     let server = start("u32be");
-    let payloads: Vec<Vec<u8>> = (0..200usize).map(|i| i.to_string().repeat(i % 7).into_bytes()).collect();
+    let payloads: Vec<Vec<u8>> = (0..200usize)
+        .map(|i| i.to_string().repeat(i % 7).into_bytes())
+        .collect();
     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
     round_trip(server.handle.addr, &server.framing, &refs).await;
-    let c = server.counters.wait_until(DEADLINE, |c| c.active == 0).await.unwrap();
+    let c = server
+        .counters
+        .wait_until(DEADLINE, |c| c.active == 0)
+        .await
+        .unwrap();
     assert_eq!((c.frames_in, c.frames_out), (200, 200));
 }
 
@@ -109,14 +138,23 @@ async fn disconnect_inside_a_frame_is_counted_and_next_client_served() {
         let (request, layouts) = server.framing.encode_all(&[&b"a body to cut"[..]]).unwrap();
         let addr = server.handle.addr;
         let framing = server.framing;
-        disconnect_matrix(addr, &server.counters, &request, &layouts[0], || async move {
-            round_trip(addr, &framing, &[b"still here", b""]).await;
-        })
+        disconnect_matrix(
+            addr,
+            &server.counters,
+            &request,
+            &layouts[0],
+            || async move {
+                round_trip(addr, &framing, &[b"still here", b""]).await;
+            },
+        )
         .await;
         let c = server.counters.snapshot();
         assert_eq!(c.aborted, 6, "{spec}: {c:?}");
         // FIN cuts are a truncated frame; RST cuts a reset (or a truncation seen first).
-        assert!(c.errors.get("truncated").copied().unwrap_or(0) >= 3, "{spec}: {c:?}");
+        assert!(
+            c.errors.get("truncated").copied().unwrap_or(0) >= 3,
+            "{spec}: {c:?}"
+        );
     }
 }
 
@@ -132,7 +170,11 @@ async fn huge_or_negative_length_closes_only_that_connection() {
         s.write_all(&header).await.unwrap();
         let (rest, _) = read_to_end_or_error(&mut s).await;
         assert!(rest.is_empty(), "{spec}: no reply to a bad length");
-        let c = server.counters.wait_until(DEADLINE, |c| c.aborted == 1).await.unwrap();
+        let c = server
+            .counters
+            .wait_until(DEADLINE, |c| c.aborted == 1)
+            .await
+            .unwrap();
         assert_eq!(c.errors.get(kind), Some(&1), "{spec}: {c:?}");
         round_trip(server.handle.addr, &server.framing, &[b"alive"]).await;
     }
@@ -149,7 +191,11 @@ async fn max_frame_option_lowers_the_framing_max() {
     s.write_all(&stream).await.unwrap();
     let (reply, _) = read_to_end_or_error(&mut s).await;
     assert!(reply.is_empty());
-    let c = server.counters.wait_until(DEADLINE, |c| c.aborted == 1).await.unwrap();
+    let c = server
+        .counters
+        .wait_until(DEADLINE, |c| c.aborted == 1)
+        .await
+        .unwrap();
     assert_eq!(c.errors.get("too_large"), Some(&1));
 }
 
@@ -161,7 +207,11 @@ async fn idle_client_is_dropped() {
     let mut s = connect(server.handle.addr).await;
     let (rest, _) = read_to_end_or_error(&mut s).await;
     assert!(rest.is_empty());
-    let c = server.counters.wait_until(DEADLINE, |c| c.aborted == 1).await.unwrap();
+    let c = server
+        .counters
+        .wait_until(DEADLINE, |c| c.aborted == 1)
+        .await
+        .unwrap();
     assert_eq!(c.errors.get("idle_timeout"), Some(&1));
 }
 
@@ -198,7 +248,8 @@ async fn restart_on_the_same_port_works_at_once() {
     round_trip(addr, &server.framing, &[b"one"]).await;
     server.handle.shutdown().await.unwrap();
     let again = server::bind(addr, 16).expect("rebind the same port at once (SO_REUSEADDR)");
-    let handle = Handle::spawn(again, |l, stop| echo::run(l, echo::Config::default(), stop)).unwrap();
+    let handle =
+        Handle::spawn(again, |l, stop| echo::run(l, echo::Config::default(), stop)).unwrap();
     round_trip(addr, &Framing::default(), &[b"two"]).await;
     handle.shutdown().await.unwrap();
 }
@@ -208,7 +259,10 @@ async fn shutdown_closes_open_connections_and_returns() {
     let server = start("u32be");
     let mut idle = connect(server.handle.addr).await;
     round_trip_on(&mut idle, &server.framing, b"x").await;
-    tokio::time::timeout(DEADLINE, server.handle.shutdown()).await.expect("shutdown hung").unwrap();
+    tokio::time::timeout(DEADLINE, server.handle.shutdown())
+        .await
+        .expect("shutdown hung")
+        .unwrap();
     let (rest, _) = read_to_end_or_error(&mut idle).await;
     assert!(rest.is_empty());
 }

@@ -29,7 +29,9 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Closes with an RST instead of a FIN (SO_LINGER 0).
 pub fn reset(stream: TcpStream) {
-    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(stream);
 }
 
@@ -52,19 +54,29 @@ where
     let mut frames = FramedRead::new(r, codec);
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let next = tokio::time::timeout(DEADLINE, frames.next()).await.expect("reply timed out");
+        let next = tokio::time::timeout(DEADLINE, frames.next())
+            .await
+            .expect("reply timed out");
         out.push(next.expect("server closed early").expect("bad reply frame"));
     }
-    assert!(frames.read_buffer().is_empty(), "unexpected extra bytes after {n} frames");
+    assert!(
+        frames.read_buffer().is_empty(),
+        "unexpected extra bytes after {n} frames"
+    );
     out
 }
 
 /// Reads until EOF or error; returns what arrived and whether it ended in an error.
-pub async fn read_to_end_or_error<R: AsyncRead + Unpin>(r: &mut R) -> (BytesMut, Option<std::io::Error>) {
+pub async fn read_to_end_or_error<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> (BytesMut, Option<std::io::Error>) {
     use tokio::io::AsyncReadExt;
     let mut buf = BytesMut::new();
     loop {
-        match tokio::time::timeout(DEADLINE, r.read_buf(&mut buf)).await.expect("read timed out") {
+        match tokio::time::timeout(DEADLINE, r.read_buf(&mut buf))
+            .await
+            .expect("read timed out")
+        {
             Ok(0) => return (buf, None),
             Ok(_) => {}
             Err(e) => return (buf, Some(e)),
@@ -75,7 +87,10 @@ pub async fn read_to_end_or_error<R: AsyncRead + Unpin>(r: &mut R) -> (BytesMut,
 /// Where a client cuts one request: inside the header, right after it, inside the body.
 pub fn cut_points(layout: &targets::wire::FrameLayout) -> Vec<(&'static str, usize)> {
     let header = layout.header();
-    assert!(header.len() >= 2 && layout.body.len() >= 2, "need a 2+ byte header and body to cut inside them");
+    assert!(
+        header.len() >= 2 && layout.body.len() >= 2,
+        "need a 2+ byte header and body to cut inside them"
+    );
     vec![
         ("mid-header", header.start + header.len() / 2),
         ("after-header", layout.body.start),
@@ -117,8 +132,13 @@ pub async fn disconnect_matrix<F, Fut>(
             let after = counters
                 .wait_until(DEADLINE, |c| c.aborted > before.aborted && c.active == 0)
                 .await
-                .unwrap_or_else(|c| panic!("{how} {region} (byte {at}) not counted as aborted: {c:?}"));
-            assert_eq!(after.completed, before.completed, "{how} {region}: a cut is not a clean end");
+                .unwrap_or_else(|c| {
+                    panic!("{how} {region} (byte {at}) not counted as aborted: {c:?}")
+                });
+            assert_eq!(
+                after.completed, before.completed,
+                "{how} {region}: a cut is not a clean end"
+            );
             healthy().await;
         }
     }

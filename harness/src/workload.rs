@@ -1,0 +1,110 @@
+//! Workloads: the seeded messages each connection of a campaign sends.
+//!
+//! Sizes are drawn to hit the cases receivers get wrong: empty messages, one byte,
+//! sizes around the length field's width, and large messages (up to `max_size`) that
+//! no single read returns whole. The same seed always gives the same messages.
+
+use bytes::Bytes;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::chaos::{purpose_rng, seed::Direction};
+
+/// How a connection sends its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Everything is sent without waiting for replies (the coalescing case).
+    #[default]
+    Pipelined,
+    /// Each message waits for its reply before the next is sent.
+    PingPong,
+}
+
+/// What each connection of a campaign sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workload {
+    pub connections: usize,
+    pub messages: usize,
+    /// Largest message; 0..=max_size bytes are drawn.
+    pub max_size: usize,
+    /// Width of the framing's header, so sizes around it are drawn too.
+    pub header_width: usize,
+}
+
+impl Workload {
+    /// The messages connection `conn` sends in a run seeded with `seed`.
+    pub fn messages(&self, seed: u64, conn: u64) -> Vec<Bytes> {
+        let mut rng = crate::chaos::conn_rng(seed ^ 0x5eed_0f_3e55_a9e5, conn, Direction::Up);
+        (0..self.messages)
+            .map(|i| {
+                let len = self.draw_size(&mut rng);
+                message(&mut rng, conn, i, len)
+            })
+            .collect()
+    }
+
+    fn draw_size(&self, rng: &mut ChaCha8Rng) -> usize {
+        let max = self.max_size;
+        let w = self.header_width.max(1);
+        let size = match rng.random_range(0..100u32) {
+            0..=9 => 0,
+            10..=17 => 1,
+            18..=34 => rng.random_range(w.saturating_sub(1)..=w + 1),
+            35..=84 => rng.random_range(2..=64.min(max.max(2))),
+            85..=92 => rng.random_range(65..=4096.min(max.max(65))),
+            _ => rng.random_range((max / 2).max(1)..=max.max(1)),
+        };
+        size.min(max)
+    }
+
+    /// A seeded RNG for choices about the workload as a whole (e.g. which fault).
+    pub fn rng(seed: u64) -> ChaCha8Rng {
+        purpose_rng(seed, "workload")
+    }
+}
+
+/// A message that says where it came from (`c3m7:`), padded with seeded lowercase
+/// letters, so a misplaced reply is easy to spot in a reproducer and `upper` changes it.
+fn message(rng: &mut ChaCha8Rng, conn: u64, index: usize, len: usize) -> Bytes {
+    let tag = format!("c{conn}m{index}:");
+    let mut out = Vec::with_capacity(len);
+    out.extend(tag.bytes().take(len));
+    while out.len() < len {
+        out.push(b'a' + rng.random_range(0..26u8));
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(max: usize) -> Workload {
+        Workload {
+            connections: 4,
+            messages: 400,
+            max_size: max,
+            header_width: 4,
+        }
+    }
+
+    #[test]
+    fn same_seed_same_messages_other_conn_other_messages() {
+        assert_eq!(w(1 << 20).messages(7, 1), w(1 << 20).messages(7, 1));
+        assert_ne!(w(1 << 20).messages(7, 1), w(1 << 20).messages(7, 2));
+        assert_ne!(w(1 << 20).messages(7, 1), w(1 << 20).messages(8, 1));
+    }
+
+    #[test]
+    fn sizes_cover_empty_one_header_width_and_large() {
+        let sizes: Vec<usize> = w(1 << 20).messages(1, 0).iter().map(|m| m.len()).collect();
+        for want in [0, 1, 3, 4, 5] {
+            assert!(sizes.contains(&want), "no {want}-byte message in {sizes:?}");
+        }
+        assert!(sizes.iter().any(|&s| s >= 1 << 19), "no large message");
+        assert!(sizes.iter().all(|&s| s <= 1 << 20));
+        assert!(w(10).messages(1, 0).iter().all(|m| m.len() <= 10));
+    }
+}
