@@ -361,8 +361,3 @@ mod tests {
         }
     }
 }
-
-/// STUB: reads the key from `key_file` or `CHOPSTICK_KEY`.
-pub fn load_key(_key_file: Option<&std::path::Path>) -> Result<Vec<u8>, std::io::Error> {
-    todo!()
-}
