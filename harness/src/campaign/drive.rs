@@ -1,0 +1,195 @@
+//! Driving one connection: write the request stream as its plan says, read the replies
+//! concurrently, and record what came back and how fast.
+//!
+//! The reply side decodes with the same framing. In ping-pong mode the writer waits for
+//! reply k before it writes past frame k. When the plan has no close/reset, the writer
+//! half-closes once everything is sent (optional) so the server can tell it is done;
+//! the reader then keeps reading until EOF (or `grace`) to catch phantom replies.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::codec::FramedRead;
+
+use super::judge::{End, Seen};
+use crate::chaos::{Ending, Plan, Step};
+use targets::wire::{FrameLayout, WireError};
+
+/// How patient the driver is.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Longest wait for the next reply byte before calling it a hang.
+    pub reply_timeout: Duration,
+    /// After the last due reply: how long to keep listening for extra (phantom) replies.
+    pub grace: Duration,
+    /// Connect timeout.
+    pub connect: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            reply_timeout: Duration::from_secs(3),
+            grace: Duration::from_millis(200),
+            connect: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What one driven connection produced.
+#[derive(Debug, Clone)]
+pub struct Driven {
+    pub seen: Seen,
+    /// Microseconds from a request's last byte written to its reply's arrival.
+    pub latencies_us: Vec<u64>,
+}
+
+/// Connects to `addr` (typed error if that fails).
+pub async fn connect(addr: SocketAddr, timing: &Timing) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timing.connect, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Drives one connection.
+///
+/// `stream`/`layouts` are the encoded requests; `expected` is how many replies are due
+/// (the frames completed before any cut). `ping_pong` waits for each reply before
+/// sending further frames; `half_close` sends a FIN after the last byte.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive(
+    sock: TcpStream,
+    framing: &targets::wire::Framing,
+    stream: Bytes,
+    layouts: &[FrameLayout],
+    plan: &Plan,
+    expected: usize,
+    ping_pong: bool,
+    half_close: bool,
+    timing: &Timing,
+) -> Driven {
+    let resets = matches!(plan.ending(), Some((Ending::Reset, _)));
+    if resets {
+        // SO_LINGER 0: closing the socket at the plan's `reset` sends an RST.
+        let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+    }
+    let (read, mut write) = sock.into_split();
+    let (replies_tx, mut replies_rx) = watch::channel(0usize);
+    let frame_ends: Vec<usize> = layouts.iter().map(|l| l.end).collect();
+    let (sent_tx, sent_rx) = watch::channel(Vec::<Instant>::new());
+
+    let writer_plan = plan.clone();
+    let writer = async move {
+        let mut offset = 0usize;
+        let mut next_frame = 0usize;
+        let mut sent_at = Vec::new();
+        let mut ended = false;
+        for step in &writer_plan.steps {
+            match *step {
+                Step::Write(n) => {
+                    let mut start = offset;
+                    let end = (offset + n).min(stream.len());
+                    while start < end {
+                        // Ping-pong: do not write past frame k until reply k has come.
+                        if ping_pong && next_frame > 0 && start >= frame_ends[next_frame - 1] {
+                            let want = next_frame;
+                            let ok = tokio::time::timeout(timing.reply_timeout, replies_rx.wait_for(|&r| r >= want)).await;
+                            if !matches!(ok, Ok(Ok(_))) {
+                                return (write, true);
+                            }
+                        }
+                        let stop = if ping_pong {
+                            frame_ends.get(next_frame).copied().unwrap_or(end).min(end).max(start + 1)
+                        } else {
+                            end
+                        };
+                        // A server that stops reading must not stall us forever.
+                        let written = tokio::time::timeout(timing.reply_timeout, write.write_all(&stream[start..stop])).await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            return (write, true);
+                        }
+                        start = stop;
+                        while next_frame < frame_ends.len() && frame_ends[next_frame] <= start {
+                            sent_at.push(Instant::now());
+                            next_frame += 1;
+                        }
+                        let _ = sent_tx.send(sent_at.clone());
+                    }
+                    offset = end;
+                }
+                Step::Pause(us) | Step::Stall(us) => tokio::time::sleep(Duration::from_micros(us)).await,
+                Step::Close => {
+                    let _ = write.shutdown().await;
+                    ended = true;
+                    break;
+                }
+                Step::Reset => {
+                    ended = true;
+                    break;
+                }
+                Step::Read(_) => {}
+            }
+        }
+        if !ended && half_close {
+            let _ = write.shutdown().await;
+        }
+        (write, false)
+    };
+
+    if resets {
+        // Everything the plan allows is written, then both halves go: an RST. Replies
+        // cannot be read after that, so only liveness is checked for this connection.
+        let (write, _) = writer.await;
+        drop((write, read));
+        return Driven {
+            seen: Seen {
+                replies: Vec::new(),
+                end: End::Reset,
+            },
+            latencies_us: Vec::new(),
+        };
+    }
+
+    let reader = async {
+        let mut frames = FramedRead::new(read, framing.codec());
+        let mut replies = Vec::new();
+        let mut latencies = Vec::new();
+        let end = loop {
+            let wait = if replies.len() >= expected { timing.grace } else { timing.reply_timeout };
+            match tokio::time::timeout(wait, frames.next()).await {
+                Err(_) if replies.len() >= expected => break End::Eof,
+                Err(_) => break End::Timeout,
+                Ok(None) => break End::Eof,
+                Ok(Some(Ok(reply))) => {
+                    if let Some(t) = sent_rx.borrow().get(replies.len()) {
+                        latencies.push(t.elapsed().as_micros() as u64);
+                    }
+                    replies.push(reply);
+                    let _ = replies_tx.send(replies.len());
+                }
+                Ok(Some(Err(WireError::Io(e)))) if is_reset(&e) => break End::Reset,
+                Ok(Some(Err(e))) => break End::Malformed(e.to_string()),
+            }
+        };
+        (replies, latencies, end)
+    };
+    let (_, (replies, latencies_us, end)) = tokio::join!(writer, reader);
+    Driven {
+        seen: Seen { replies, end },
+        latencies_us,
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe
+    )
+}

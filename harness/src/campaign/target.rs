@@ -1,0 +1,230 @@
+//! The server under test: an address to connect to, or a command chopstick starts
+//! itself (`{port}` replaced by a free port), watches, and restarts after it dies.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// Most stderr kept from a spawned target (the tail is what matters).
+const STDERR_CAP: usize = 64 * 1024;
+/// How long a spawned target gets to start accepting connections.
+const STARTUP: Duration = Duration::from_secs(15);
+
+/// Where the target comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetSpec {
+    Connect(SocketAddr),
+    /// A command line with `{port}`; split on whitespace, single or double quotes group.
+    Spawn(String),
+}
+
+/// Why the target cannot be used at all (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    #[error("--connect address {0} is not loopback; chopstick only sends traffic to this machine")]
+    NotLoopback(SocketAddr),
+    #[error("bad --spawn command: {0}")]
+    BadCommand(String),
+    #[error("cannot start `{cmd}`: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("`{cmd}` exited ({status}) before accepting connections; stderr:\n{stderr}")]
+    DiedAtStart { cmd: String, status: String, stderr: String },
+    #[error("`{cmd}` did not accept connections on {addr} within {STARTUP:?}")]
+    NotListening { cmd: String, addr: SocketAddr },
+    #[error("cannot find a free port: {0}")]
+    NoPort(std::io::Error),
+}
+
+/// A running target.
+#[derive(Debug)]
+pub struct Target {
+    pub spec: TargetSpec,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    pub restarts: u32,
+}
+
+/// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
+pub fn split_command(cmd: &str) -> Result<Vec<String>, TargetError> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    let mut in_word = false;
+    for c in cmd.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(TargetError::BadCommand(format!("unterminated quote in `{cmd}`")));
+    }
+    if in_word {
+        words.push(cur);
+    }
+    if words.is_empty() {
+        return Err(TargetError::BadCommand("empty command".into()));
+    }
+    Ok(words)
+}
+
+fn free_port() -> Result<u16, TargetError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(TargetError::NoPort)?;
+    Ok(l.local_addr().map_err(TargetError::NoPort)?.port())
+}
+
+impl Target {
+    pub async fn start(spec: &TargetSpec) -> Result<Target, TargetError> {
+        let mut t = Target {
+            spec: spec.clone(),
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            child: None,
+            stderr: Arc::default(),
+            restarts: 0,
+        };
+        match spec {
+            TargetSpec::Connect(addr) if !addr.ip().is_loopback() => return Err(TargetError::NotLoopback(*addr)),
+            TargetSpec::Connect(addr) => t.addr = *addr,
+            TargetSpec::Spawn(_) => t.spawn().await?,
+        }
+        Ok(t)
+    }
+
+    async fn spawn(&mut self) -> Result<(), TargetError> {
+        let TargetSpec::Spawn(cmd) = &self.spec else {
+            return Ok(());
+        };
+        let port = free_port()?;
+        let words: Vec<String> = split_command(cmd)?
+            .into_iter()
+            .map(|w| w.replace("{port}", &port.to_string()))
+            .collect();
+        let mut child = Command::new(&words[0])
+            .args(&words[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| TargetError::Spawn {
+                cmd: cmd.clone(),
+                source,
+            })?;
+        if let Some(mut err) = child.stderr.take() {
+            let sink = self.stderr.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut s = sink.lock().expect("stderr lock");
+                    s.extend_from_slice(&buf[..n]);
+                    if s.len() > STDERR_CAP {
+                        let cut = s.len() - STDERR_CAP;
+                        s.drain(..cut);
+                    }
+                }
+            });
+        }
+        self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.child = Some(child);
+        // Wait (bounded) until it accepts a connection, or dies trying.
+        let deadline = tokio::time::Instant::now() + STARTUP;
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(TargetError::DiedAtStart {
+                    cmd: cmd.clone(),
+                    status,
+                    stderr: self.stderr_tail(),
+                });
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TargetError::NotListening {
+                    cmd: cmd.clone(),
+                    addr: self.addr,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `Some(status)` if a spawned target has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
+    /// Whether chopstick started this target (and so can restart it).
+    pub fn is_spawned(&self) -> bool {
+        matches!(self.spec, TargetSpec::Spawn(_))
+    }
+
+    /// Restarts a spawned target that died (or hangs); no-op for `--connect`.
+    pub async fn restart(&mut self) -> Result<(), TargetError> {
+        if !self.is_spawned() {
+            return Ok(());
+        }
+        self.kill().await;
+        self.restarts += 1;
+        self.spawn().await
+    }
+
+    /// The last lines of a spawned target's stderr.
+    pub fn stderr_tail(&self) -> String {
+        let s = self.stderr.lock().expect("stderr lock");
+        let text = String::from_utf8_lossy(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_a_user_expects_without_a_shell() {
+        assert_eq!(split_command("python3 srv.py {port}").unwrap(), ["python3", "srv.py", "{port}"]);
+        assert_eq!(split_command(r#"a 'b c' "d e"f"#).unwrap(), ["a", "b c", "d ef"]);
+        assert_eq!(split_command("a ''").unwrap(), ["a", ""]);
+        assert!(split_command("a 'b").is_err());
+        assert!(split_command("   ").is_err());
+    }
+}
