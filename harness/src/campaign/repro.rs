@@ -1,0 +1,149 @@
+//! Reproducer files: everything needed to run one failing case again, and
+//! `chopstick replay FILE`, which does.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::payload::{self, Payload};
+use super::{run_case, Case, CaseConfig, End, Failure, Target, TargetError, TargetSpec, Timing};
+use crate::chaos::Plan;
+
+/// Format version of reproducer files.
+pub const VERSION: u32 = 1;
+
+/// One shrunk failing case, as written to the artifacts directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reproducer {
+    pub version: u32,
+    pub seed: u64,
+    /// The connection index within the campaign (its plan seed is derived from it).
+    pub conn: u64,
+    pub target_name: String,
+    pub target: TargetSpec,
+    pub fault: String,
+    #[serde(flatten)]
+    pub config: CaseConfig,
+    pub messages: Vec<Payload>,
+    /// The request stream's plan, also as one line in `plan_line`.
+    pub plan: Plan,
+    pub plan_line: String,
+    pub failure: Failure,
+    pub expected: Vec<Payload>,
+    pub seen: Vec<Payload>,
+    pub seen_end: End,
+    /// Size before shrinking: messages and writes.
+    pub original_messages: usize,
+    pub original_writes: usize,
+    /// The command that runs this file again.
+    pub replay: String,
+}
+
+/// Why a reproducer could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReproError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a chopstick reproducer: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path} has format version {found}; this chopstick reads version {VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+impl Reproducer {
+    pub fn case(&self) -> Case {
+        Case {
+            conn: self.conn,
+            messages: payload::unwrap(&self.messages),
+            plan: self.plan.clone(),
+        }
+    }
+
+    /// A file name that says what failed where: `echo-split-truncated-c3.json`.
+    pub fn file_name(&self) -> String {
+        let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
+        format!(
+            "{}-{}-{}-s{}-c{}.json",
+            clean(&self.target_name),
+            clean(&self.fault),
+            self.failure.class,
+            self.seed,
+            self.conn
+        )
+    }
+
+    /// Writes the file atomically (temp file + rename) into `dir`; returns its path.
+    pub fn write_to(&mut self, dir: &Path) -> Result<PathBuf, ReproError> {
+        let path = dir.join(self.file_name());
+        self.replay = format!("chopstick replay {}", path.display());
+        let wrap = |source| ReproError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(wrap)?;
+        let tmp = dir.join(format!(".{}.tmp", self.file_name()));
+        let json = serde_json::to_vec_pretty(self).expect("a reproducer always serialises");
+        std::fs::write(&tmp, json).map_err(wrap)?;
+        std::fs::rename(&tmp, &path).map_err(wrap)?;
+        Ok(path)
+    }
+
+    pub fn read(path: &Path) -> Result<Reproducer, ReproError> {
+        let text = std::fs::read(path).map_err(|source| ReproError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let r: Reproducer = serde_json::from_slice(&text).map_err(|source| ReproError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if r.version != VERSION {
+            return Err(ReproError::Version {
+                path: path.to_path_buf(),
+                found: r.version,
+            });
+        }
+        Ok(r)
+    }
+}
+
+/// What a replay saw.
+#[derive(Debug)]
+pub struct ReplayOutcome {
+    /// The failure, if any attempt reproduced one.
+    pub failure: Option<Failure>,
+    pub expected: Vec<bytes::Bytes>,
+    pub seen: Vec<bytes::Bytes>,
+    pub attempts: usize,
+}
+
+/// Runs the case again, up to `attempts` times (timing-dependent failures may need a
+/// second try); stops at the first failure.
+pub async fn replay(r: &Reproducer, attempts: usize, timing: Timing) -> Result<ReplayOutcome, ReproError> {
+    let mut target = Target::start(&r.target).await?;
+    let mut config = r.config.clone();
+    config.timing = timing;
+    let case = r.case();
+    let mut last = None;
+    for attempt in 1..=attempts.max(1) {
+        let result = run_case(&mut target, &config, &case).await;
+        let done = result.failure.is_some();
+        last = Some((result, attempt));
+        if done {
+            break;
+        }
+    }
+    target.kill().await;
+    let (result, attempts) = last.expect("at least one attempt");
+    Ok(ReplayOutcome {
+        failure: result.failure,
+        expected: result.expected,
+        seen: result.seen.replies,
+        attempts,
+    })
+}
