@@ -1,0 +1,470 @@
+//! The exec server: runs an allow-listed program for each request, without a shell,
+//! and answers with its exit status and output. hjson frames both ways
+//! (see [`crate::wire::HjsonCodec`]).
+//!
+//! ```text
+//! request:  u32be hlen | {"argv": ["seq", "1", "3"], "size": N}        | N bytes: stdin
+//! reply:    u32be hlen | {"exit": 0, "stdout": 6, "stderr": 0,        | stdout bytes,
+//!                      |  "timed_out": false, "truncated": false,     | then stderr bytes
+//!                      |  "size": 6}                                  |
+//! killed:              | {"exit": null, "signal": 9, ...}             |
+//! refused:  u32be hlen | {"error": "program `sh` is not allowed", "size": 0}
+//! ```
+//!
+//! Why it is safe to expose a process runner to a fuzzer:
+//! - no shell: `argv` is passed to execve as is, so `$(id)`, `;` and `&&` are plain
+//!   arguments; `argv[0]` must equal an `allow` entry and contain no `/`, and it is
+//!   looked up only on [`FIXED_PATH`]; the child gets an empty environment plus that PATH;
+//! - every command has a deadline and an output cap (stdout + stderr together); beyond
+//!   either its whole process group is killed and the reply says `timed_out`/`truncated`;
+//! - a client that goes away while its command runs gets the command killed, and every
+//!   child is reaped: no orphans, no zombies. A FIN counts as going away: a half-closed
+//!   socket looks the same as a closed one, and a fuzzer's cut must not leave children;
+//! - a refused request costs nothing but an `error` reply; the connection stays usable.
+//!   A corrupt stream (bad header, oversize frame) closes the connection after the
+//!   replies to the requests before it, and is counted.
+//!
+//! Requests may be pipelined: they are answered in order, and up to [`MAX_QUEUED`]
+//! (and about [`MAX_QUEUED_BYTES`] of stdin) wait while a command runs.
+
+mod child;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::server::{self, Common, ConnError, Counters, ServerError};
+use crate::wire::{HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
+
+pub use child::FIXED_PATH;
+
+/// The programs allowed when the configuration names none.
+pub const DEFAULT_ALLOW: &[&str] = &[
+    "echo", "printf", "seq", "cat", "head", "wc", "true", "false",
+];
+
+/// Default deadline of one command.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default output cap (stdout + stderr together).
+pub const DEFAULT_OUTPUT_CAP: usize = 16 * 1024 * 1024;
+/// Most arguments (argv[0] included) in one request.
+pub const MAX_ARGS: usize = 256;
+/// Longest single argument, in bytes.
+pub const MAX_ARG_LEN: usize = 4096;
+/// Requests read ahead while a command runs; beyond this the connection is not read
+/// (TCP backpressure) until the queue drains.
+pub const MAX_QUEUED: usize = 16;
+/// Stdin bytes held by queued requests before read-ahead stops (one frame may overshoot).
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: Common,
+    /// Program names that may run (argv[0], matched exactly).
+    pub allow: Vec<String>,
+    /// A command running longer is killed and reported `timed_out`.
+    pub timeout: Duration,
+    /// Most stdout+stderr bytes returned; beyond it the child is killed and `truncated` set.
+    pub output_cap: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            common: Common::default(),
+            allow: DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect(),
+            timeout: DEFAULT_TIMEOUT,
+            output_cap: DEFAULT_OUTPUT_CAP,
+        }
+    }
+}
+
+/// Serves exec on `listener` until `shutdown` resolves. Refuses a non-loopback
+/// listener: exposing a process runner to the network needs auth in front of it
+/// (auth calls [`serve_conn`] directly).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    server::require_loopback(&listener, "exec")?;
+    let config = Arc::new(config);
+    server::serve(
+        listener,
+        &config.common.clone(),
+        shutdown,
+        move |stream, _peer| {
+            let config = config.clone();
+            async move { serve_conn(stream, &config).await }
+        },
+    )
+    .await
+}
+
+/// Speaks exec on one connection (any byte stream: a socket, or auth's inner stream).
+///
+/// Reads requests concurrently with the running command, so a disconnect is noticed
+/// (and the command killed) at once and pipelined requests queue up. `Ok(())` only when
+/// the peer closes at a frame boundary with nothing in flight.
+pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    config: &Config,
+) -> Result<(), ConnError> {
+    let request_max = config.common.max_frame.unwrap_or(DEFAULT_MAX);
+    // The reply body is stdout+stderr, at most the cap; never above max_frame either,
+    // so a client with the server's limits can always read the reply.
+    let output_cap = config
+        .common
+        .max_frame
+        .map_or(config.output_cap, |m| m.min(config.output_cap));
+    let counters = &*config.common.counters;
+    let idle = config.common.idle_timeout;
+    let (rd, wr) = tokio::io::split(stream);
+    let mut requests = FramedRead::new(rd, HjsonCodec::new(request_max));
+    let mut replies = FramedWrite::new(wr, HjsonCodec::new(output_cap));
+
+    let mut queue: VecDeque<HjsonFrame> = VecDeque::new();
+    let mut queued_bytes = 0usize;
+    let mut running: Option<child::Job> = None;
+    // A corrupt frame seen behind earlier requests: answer those, then close.
+    let mut corrupt: Option<ConnError> = None;
+
+    loop {
+        if running.is_none() {
+            match queue.pop_front() {
+                Some(request) => {
+                    queued_bytes -= request.body.len();
+                    match parse_request(&request, config, output_cap) {
+                        Ok(spec) => running = Some(child::spawn(spec)),
+                        Err(refusal) => {
+                            send(&mut replies, refusal.reply(), counters, idle).await?;
+                        }
+                    }
+                    continue;
+                }
+                None => {
+                    if let Some(e) = corrupt.take() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let busy = running.is_some();
+        let can_read =
+            corrupt.is_none() && queue.len() < MAX_QUEUED && queued_bytes < MAX_QUEUED_BYTES;
+        tokio::select! {
+            next = read_request(&mut requests, busy, idle), if can_read => match next {
+                Ok(Some(frame)) => {
+                    counters.frame_in();
+                    queued_bytes += frame.body.len();
+                    queue.push_back(frame);
+                }
+                // Clean end: nothing was in flight.
+                Ok(None) if !busy => return Ok(()),
+                // The client is gone while its command runs: kill it, reap it, close.
+                Ok(None) => {
+                    return Err(abandon(running, io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "client closed the connection while its command was running",
+                    ).into()).await);
+                }
+                // A reset or an EOF inside a frame: the client is gone too.
+                Err(e @ (ConnError::Wire(WireError::Io(_) | WireError::Truncated { .. }) | ConnError::Io(_))) => {
+                    return Err(abandon(running, e).await);
+                }
+                // Bad header, oversize frame, idle: no more requests from this stream,
+                // but the ones already received are answered first.
+                Err(e) => corrupt = Some(e),
+            },
+            outcome = wait_job(&mut running), if busy => {
+                running = None;
+                send(&mut replies, outcome, counters, idle).await?;
+            }
+            // Unreachable (idle implies readable), but select! would panic without it.
+            else => return Err(ConnError::Protocol("exec connection stalled".into())),
+        }
+    }
+}
+
+/// Reads one request: with the idle timeout when nothing runs; without it while a
+/// command runs (the command's own deadline bounds that wait, and a client may well be
+/// silent while it waits for a long command).
+async fn read_request<S: AsyncRead + Unpin>(
+    requests: &mut FramedRead<S, HjsonCodec>,
+    busy: bool,
+    idle: Duration,
+) -> Result<Option<HjsonFrame>, ConnError> {
+    if busy {
+        Ok(requests.next().await.transpose()?)
+    } else {
+        server::next_frame(requests, idle).await
+    }
+}
+
+async fn wait_job(running: &mut Option<child::Job>) -> HjsonFrame {
+    let Some(job) = running else {
+        return std::future::pending().await;
+    };
+    match (&mut job.done).await {
+        Ok(outcome) => outcome_reply(outcome),
+        // The job task panicked or was cancelled: say so instead of taking the
+        // connection down.
+        Err(e) => Refusal(format!("internal error running the command: {e}")).reply(),
+    }
+}
+
+/// Kills the running command (if any) and waits, bounded, until it is reaped, so the
+/// connection is only counted as ended once its child is gone.
+async fn abandon(running: Option<child::Job>, error: ConnError) -> ConnError {
+    if let Some(job) = running {
+        // Bounded: the task reaps within its own grace period after SIGKILL.
+        let _ = tokio::time::timeout(Duration::from_secs(10), job.cancel()).await;
+    }
+    error
+}
+
+/// Sends a reply; a client that does not read its replies for `idle` is dropped, so it
+/// cannot hold a connection slot forever.
+async fn send<S: AsyncWrite + Unpin>(
+    replies: &mut FramedWrite<S, HjsonCodec>,
+    reply: HjsonFrame,
+    counters: &Counters,
+    idle: Duration,
+) -> Result<(), ConnError> {
+    tokio::time::timeout(idle, server::send_frame(replies, reply, counters))
+        .await
+        .map_err(|_| ConnError::IdleTimeout(idle))?
+}
+
+/// Why a request is refused; the text goes to the client in `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal(String);
+
+impl Refusal {
+    fn reply(self) -> HjsonFrame {
+        HjsonFrame::new(json!({ "error": self.0 }), Bytes::new())
+    }
+}
+
+/// Quotes client-supplied text in an error message, shortened so a reply header stays small.
+fn quoted(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((at, _)) => format!("`{}...`", s[..at].escape_debug()),
+        None => format!("`{}`", s.escape_debug()),
+    }
+}
+
+/// Validates a request against the allow-list and limits and resolves the program.
+fn parse_request(
+    request: &HjsonFrame,
+    config: &Config,
+    output_cap: usize,
+) -> Result<child::Spec, Refusal> {
+    let argv = parse_argv(&request.header)?;
+    let name = &argv[0];
+    if name.contains('/') {
+        return Err(Refusal(format!(
+            "program {} is a path; give a bare allow-listed name",
+            quoted(name)
+        )));
+    }
+    if !config.allow.iter().any(|a| a == name) {
+        return Err(Refusal(format!(
+            "program {} is not allowed (allowed: {})",
+            quoted(name),
+            config.allow.join(", ")
+        )));
+    }
+    let program = resolve(name, FIXED_PATH).ok_or_else(|| {
+        Refusal(format!(
+            "program {} not found on {FIXED_PATH}",
+            quoted(name)
+        ))
+    })?;
+    Ok(child::Spec {
+        program,
+        argv,
+        stdin: request.body.clone(),
+        timeout: config.timeout,
+        output_cap,
+    })
+}
+
+fn parse_argv(header: &Map<String, Value>) -> Result<Vec<String>, Refusal> {
+    let refuse = |m: &str| Err(Refusal(m.to_string()));
+    let Some(argv) = header.get("argv") else {
+        return refuse("request has no `argv`");
+    };
+    let Value::Array(items) = argv else {
+        return refuse("`argv` must be an array of strings");
+    };
+    if items.is_empty() {
+        return refuse("`argv` is empty");
+    }
+    if items.len() > MAX_ARGS {
+        return Err(Refusal(format!(
+            "too many arguments: {} (at most {MAX_ARGS})",
+            items.len()
+        )));
+    }
+    let mut argv = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::String(arg) = item else {
+            return Err(Refusal(format!("argv[{i}] is not a string")));
+        };
+        if arg.len() > MAX_ARG_LEN {
+            return Err(Refusal(format!(
+                "argv[{i}] is {} bytes long (at most {MAX_ARG_LEN})",
+                arg.len()
+            )));
+        }
+        // execve cannot pass a NUL; silently cutting the argument would run something
+        // other than what was asked.
+        if arg.contains('\0') {
+            return Err(Refusal(format!("argv[{i}] contains a NUL byte")));
+        }
+        argv.push(arg.clone());
+    }
+    Ok(argv)
+}
+
+/// The first executable regular file named `name` in the `:`-separated `path`.
+fn resolve(name: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.is_empty() || name == "." || name == ".." {
+        return None;
+    }
+    path.split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn outcome_reply(outcome: child::Outcome) -> HjsonFrame {
+    if let Some(e) = &outcome.spawn_error {
+        return Refusal(format!("cannot start the program: {e}")).reply();
+    }
+    let mut header = json!({
+        "exit": outcome.code(),
+        "stdout": outcome.stdout.len(),
+        "stderr": outcome.stderr.len(),
+        "timed_out": outcome.timed_out,
+        "truncated": outcome.truncated,
+    });
+    if let Some(signal) = outcome.signal() {
+        header["signal"] = json!(signal);
+    }
+    let mut body = outcome.stdout;
+    body.extend_from_slice(&outcome.stderr);
+    HjsonFrame::new(header, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(header: Value) -> HjsonFrame {
+        HjsonFrame::new(header, Bytes::new())
+    }
+
+    fn refused(header: Value) -> String {
+        parse_request(&request(header), &Config::default(), 1024)
+            .expect_err("should be refused")
+            .0
+    }
+
+    #[test]
+    fn allowed_program_resolves_on_fixed_path() {
+        let spec = parse_request(
+            &request(json!({"argv": ["echo", "hi"]})),
+            &Config::default(),
+            1024,
+        )
+        .unwrap();
+        assert!(spec.program.is_absolute());
+        assert!(spec.program.ends_with("echo"));
+        assert_eq!(spec.argv, ["echo", "hi"]);
+    }
+
+    #[test]
+    fn malformed_argv_is_refused_with_a_reason() {
+        assert!(refused(json!({})).contains("no `argv`"));
+        assert!(refused(json!({"argv": "echo hi"})).contains("array of strings"));
+        assert!(refused(json!({"argv": []})).contains("empty"));
+        assert!(refused(json!({"argv": ["echo", 1]})).contains("argv[1] is not a string"));
+        assert!(refused(json!({"argv": ["echo", "a\u{0}b"]})).contains("NUL"));
+        let many = vec!["x"; MAX_ARGS + 1];
+        assert!(refused(json!({ "argv": many })).contains("too many"));
+        let long = "x".repeat(MAX_ARG_LEN + 1);
+        assert!(refused(json!({"argv": ["echo", long]})).contains("bytes long"));
+    }
+
+    #[test]
+    fn paths_and_unlisted_programs_are_refused() {
+        for name in ["/bin/sh", "../../bin/sh", "./echo", "/usr/bin/echo"] {
+            assert!(
+                refused(json!({ "argv": [name] })).contains("is a path"),
+                "{name}"
+            );
+        }
+        for name in ["sh", "bash", "rm", "", "ECHO", "echo "] {
+            assert!(
+                refused(json!({ "argv": [name] })).contains("not allowed"),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn allow_listed_but_missing_program_is_refused() {
+        let config = Config {
+            allow: vec!["no-such-program-chopstick".into()],
+            ..Config::default()
+        };
+        let err = parse_request(
+            &request(json!({"argv": ["no-such-program-chopstick"]})),
+            &config,
+            1024,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("not found"), "{}", err.0);
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_errors() {
+        let name = "a".repeat(10_000);
+        let msg = refused(json!({ "argv": [name] }));
+        assert!(msg.len() < 300, "{}", msg.len());
+    }
+
+    #[test]
+    fn signal_reply_has_null_exit_and_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        let reply = outcome_reply(child::Outcome {
+            status: Some(std::process::ExitStatus::from_raw(libc::SIGKILL)),
+            stdout: b"out".to_vec(),
+            stderr: b"err".to_vec(),
+            timed_out: true,
+            ..Default::default()
+        });
+        assert_eq!(reply.header["exit"], Value::Null);
+        assert_eq!(reply.header["signal"], json!(libc::SIGKILL));
+        assert_eq!(reply.header["stdout"], json!(3));
+        assert_eq!(reply.header["timed_out"], json!(true));
+        assert_eq!(&reply.body[..], b"outerr");
+    }
+}

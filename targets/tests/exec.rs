@@ -1,0 +1,481 @@
+//! The exec server over real loopback sockets, with real child processes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use serde_json::{json, Value};
+use targets::exec::{self, Config};
+use targets::server::{Counters, Handle, ServerError};
+use targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Encoder;
+
+use common::DEADLINE;
+
+fn start(config: Config) -> (Handle, Arc<Counters>) {
+    let counters = config.common.counters.clone();
+    let handle = Handle::spawn(common::listener(), move |listener, shutdown| {
+        exec::run(listener, config, shutdown)
+    })
+    .expect("spawn exec");
+    (handle, counters)
+}
+
+fn allowing(extra: &[&str]) -> Config {
+    let mut config = Config::default();
+    config.allow.extend(extra.iter().map(|s| s.to_string()));
+    config
+}
+
+/// One encoded request frame with an arbitrary header.
+fn raw_request(header: Value, stdin: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    HjsonCodec::new(usize::MAX)
+        .encode(HjsonFrame::new(header, stdin.to_vec()), &mut buf)
+        .expect("encode request");
+    buf
+}
+
+fn request(argv: &[&str], stdin: &[u8]) -> BytesMut {
+    raw_request(json!({ "argv": argv }), stdin)
+}
+
+async fn read_replies(s: &mut TcpStream, n: usize) -> Vec<HjsonFrame> {
+    common::read_frames(s, HjsonCodec::new(64 * 1024 * 1024), n).await
+}
+
+async fn roundtrip(s: &mut TcpStream, argv: &[&str], stdin: &[u8]) -> HjsonFrame {
+    s.write_all(&request(argv, stdin)).await.unwrap();
+    read_replies(s, 1).await.pop().unwrap()
+}
+
+/// The reply's stdout and stderr, checked against the header's byte counts.
+fn split_output(reply: &HjsonFrame) -> (&[u8], &[u8]) {
+    assert!(
+        reply.header.get("error").is_none(),
+        "refused: {:?}",
+        reply.header
+    );
+    let out = reply.header["stdout"].as_u64().expect("stdout count") as usize;
+    let err = reply.header["stderr"].as_u64().expect("stderr count") as usize;
+    assert_eq!(out + err, reply.body.len(), "{:?}", reply.header);
+    (&reply.body[..out], &reply.body[out..])
+}
+
+fn assert_refused(reply: &HjsonFrame, needle: &str) {
+    let error = reply.header.get("error").and_then(Value::as_str);
+    let error = error.unwrap_or_else(|| panic!("expected a refusal, got {:?}", reply.header));
+    assert!(
+        error.contains(needle),
+        "error {error:?} does not mention {needle:?}"
+    );
+    assert!(reply.body.is_empty());
+}
+
+/// Proves the connection still runs commands.
+async fn assert_usable(s: &mut TcpStream) {
+    let reply = roundtrip(s, &["echo", "still", "here"], b"").await;
+    assert_eq!(split_output(&reply).0, b"still here\n");
+}
+
+#[tokio::test]
+async fn seq_1_3_prints_three_lines_and_exits_0() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(&mut s, &["seq", "1", "3"], b"").await;
+    assert_eq!(split_output(&reply), (&b"1\n2\n3\n"[..], &b""[..]));
+    assert_eq!(reply.header["exit"], json!(0));
+    assert_eq!(reply.header["timed_out"], json!(false));
+    assert_eq!(reply.header["truncated"], json!(false));
+    assert!(reply.header.get("signal").is_none());
+}
+
+#[tokio::test]
+async fn false_exits_1() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(&mut s, &["false"], b"").await;
+    assert_eq!(reply.header["exit"], json!(1));
+    assert!(reply.body.is_empty());
+}
+
+#[tokio::test]
+async fn cat_echoes_a_1mib_stdin_exactly() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let stdin: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let reply = roundtrip(&mut s, &["cat"], &stdin).await;
+    assert_eq!(reply.header["exit"], json!(0));
+    let (out, err) = split_output(&reply);
+    assert!(err.is_empty());
+    assert!(out == stdin, "cat output differs from its 1 MiB input");
+}
+
+#[tokio::test]
+async fn stderr_is_captured_after_stdout() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(
+        &mut s,
+        &["cat", "-", "/nonexistent-chopstick"],
+        b"from stdin",
+    )
+    .await;
+    assert_ne!(reply.header["exit"], json!(0));
+    let (out, err) = split_output(&reply);
+    assert_eq!(out, b"from stdin");
+    let err = String::from_utf8_lossy(err);
+    assert!(err.contains("/nonexistent-chopstick"), "stderr: {err:?}");
+}
+
+#[tokio::test]
+async fn child_gets_only_the_fixed_path_in_its_environment() {
+    let (server, _) = start(allowing(&["env"]));
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(&mut s, &["env"], b"").await;
+    assert_eq!(
+        split_output(&reply).0,
+        format!("PATH={}\n", exec::FIXED_PATH).as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn request_written_one_byte_at_a_time_is_served() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    common::write_bytewise(&mut s, &request(&["wc", "-c"], b"twelve bytes")).await;
+    let reply = read_replies(&mut s, 1).await.pop().unwrap();
+    assert_eq!(split_output(&reply).0, b"12\n");
+}
+
+#[tokio::test]
+async fn coalesced_requests_in_one_write_are_answered_in_order() {
+    let (server, counters) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let mut all = BytesMut::new();
+    all.put(request(&["echo", "first"], b""));
+    all.put(request(&["sh", "-c", "id"], b""));
+    all.put(request(&["cat"], b"third"));
+    all.put(request(&["false"], b""));
+    all.put(request(&["printf", "%s-%s", "fifth", "x"], b""));
+    s.write_all(&all).await.unwrap();
+    let replies = read_replies(&mut s, 5).await;
+    assert_eq!(split_output(&replies[0]).0, b"first\n");
+    assert_refused(&replies[1], "not allowed");
+    assert_eq!(split_output(&replies[2]).0, b"third");
+    assert_eq!(replies[3].header["exit"], json!(1));
+    assert_eq!(split_output(&replies[4]).0, b"fifth-x");
+    let c = counters.snapshot();
+    assert_eq!((c.frames_in, c.frames_out), (5, 5));
+}
+
+#[tokio::test]
+async fn disconnect_matrix_then_new_client_is_served() {
+    let (server, counters) = start(Config::default());
+    let addr = server.addr;
+    let req = request(&["cat"], b"a body to cut in half");
+    let body_len = b"a body to cut in half".len();
+    let layout = FrameLayout {
+        start: 0,
+        length_field: 0..4,
+        body: req.len() - body_len..req.len(),
+        end: req.len(),
+    };
+    common::disconnect_matrix(addr, &counters, &req, &layout, || async move {
+        let mut s = common::connect(addr).await;
+        assert_usable(&mut s).await;
+    })
+    .await;
+    let c = counters.snapshot();
+    assert_eq!(c.aborted, 6, "{c:?}");
+    assert!(
+        c.errors.get("truncated").copied().unwrap_or(0) >= 3,
+        "{c:?}"
+    );
+    assert!(!server.is_finished());
+}
+
+#[tokio::test]
+async fn huge_header_length_closes_connection_and_counts_too_large() {
+    let (server, counters) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, b'{']).await.unwrap();
+    let (rest, _) = common::read_to_end_or_error(&mut s).await;
+    assert!(rest.is_empty(), "no reply to a corrupt stream");
+    let c = counters
+        .wait_until(DEADLINE, |c| c.errors.get("too_large") == Some(&1))
+        .await
+        .unwrap_or_else(|c| panic!("too_large not counted: {c:?}"));
+    assert_eq!(c.aborted, 1);
+    let mut s = common::connect(server.addr).await;
+    assert_usable(&mut s).await;
+}
+
+#[tokio::test]
+async fn bad_header_behind_a_request_gets_that_reply_then_closes() {
+    let (server, counters) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let mut all = request(&["echo", "answered"], b"");
+    all.put_u32(7);
+    all.put_slice(b"garbage");
+    s.write_all(&all).await.unwrap();
+    let (rest, _) = common::read_to_end_or_error(&mut s).await;
+    let reply = common::read_frames(&rest[..], HjsonCodec::new(1024), 1).await;
+    assert_eq!(split_output(&reply[0]).0, b"answered\n");
+    counters
+        .wait_until(DEADLINE, |c| c.errors.get("bad_header") == Some(&1))
+        .await
+        .unwrap_or_else(|c| panic!("bad_header not counted: {c:?}"));
+}
+
+#[tokio::test]
+async fn programs_off_the_allow_list_are_refused_and_connection_stays_usable() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    for argv in [
+        &["sh", "-c", "id"][..],
+        &["/bin/sh", "-c", "id"],
+        &["bash"],
+        &["../../bin/sh"],
+        &["rm", "-rf", "/tmp/chopstick-never"],
+        &["/usr/bin/echo", "hi"],
+    ] {
+        let reply = roundtrip(&mut s, argv, b"").await;
+        let needle = if argv[0].contains('/') {
+            "is a path"
+        } else {
+            "not allowed"
+        };
+        assert_refused(&reply, needle);
+        assert_usable(&mut s).await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_and_connection_stays_usable() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let many = vec!["x"; exec::MAX_ARGS + 1];
+    let long = "x".repeat(exec::MAX_ARG_LEN + 1);
+    for (header, needle) in [
+        (json!({}), "no `argv`"),
+        (json!({"argv": "echo hi"}), "array of strings"),
+        (json!({"argv": []}), "empty"),
+        (json!({"argv": ["echo", 7]}), "not a string"),
+        (json!({"argv": ["echo", "a\u{0}b"]}), "NUL"),
+        (json!({ "argv": many }), "too many"),
+        (json!({"argv": ["echo", long]}), "bytes long"),
+    ] {
+        s.write_all(&raw_request(header, b"ignored stdin"))
+            .await
+            .unwrap();
+        let reply = read_replies(&mut s, 1).await.pop().unwrap();
+        assert_refused(&reply, needle);
+        assert_usable(&mut s).await;
+    }
+}
+
+#[tokio::test]
+async fn shell_syntax_in_argv_runs_literally() {
+    let (server, _) = start(Config::default());
+    let mut s = common::connect(server.addr).await;
+    let args = [
+        "$(id)", ";", "`whoami`", "&&", "ls", "|", "cat", ">", "/tmp/x", "*",
+    ];
+    let mut argv = vec!["echo"];
+    argv.extend(args);
+    let reply = roundtrip(&mut s, &argv, b"").await;
+    assert_eq!(
+        split_output(&reply).0,
+        format!("{}\n", args.join(" ")).as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn long_command_is_killed_at_timeout() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_millis(300);
+    let (server, _) = start(config);
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(&mut s, &["sleep", "30"], b"").await;
+    assert_eq!(reply.header["timed_out"], json!(true));
+    assert_eq!(reply.header["exit"], Value::Null);
+    assert_eq!(reply.header["signal"], json!(libc::SIGKILL));
+    assert_usable(&mut s).await;
+}
+
+#[tokio::test]
+async fn output_beyond_cap_is_truncated() {
+    let config = Config {
+        output_cap: 1000,
+        ..Config::default()
+    };
+    let (server, _) = start(config);
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(&mut s, &["seq", "1", "10000000"], b"").await;
+    assert_eq!(reply.header["truncated"], json!(true));
+    // Killed by the server, not by a SIGPIPE from a closed pipe.
+    assert_eq!(reply.header["signal"], json!(libc::SIGKILL));
+    let (out, _) = split_output(&reply);
+    assert!(reply.body.len() <= 1000, "{} bytes", reply.body.len());
+    let full: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        full.as_bytes().starts_with(out),
+        "not a prefix of seq's output"
+    );
+    assert_usable(&mut s).await;
+}
+
+#[tokio::test]
+async fn output_exactly_at_cap_is_not_truncated() {
+    let config = Config {
+        output_cap: 6,
+        ..Config::default()
+    };
+    let (server, _) = start(config);
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(&mut s, &["seq", "1", "3"], b"").await;
+    assert_eq!(reply.header["truncated"], json!(false));
+    assert_eq!(split_output(&reply).0, b"1\n2\n3\n");
+}
+
+/// A process found by its exact command line, remembered with its start time so a
+/// reused pid is not mistaken for it.
+struct Proc {
+    pid: u32,
+    starttime: String,
+}
+
+/// `/proc/PID/stat` fields after the `(comm)`: state is [0], starttime is [19].
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    Some(after_comm.split_whitespace().map(String::from).collect())
+}
+
+fn find_proc(argv: &[&str]) -> Option<Proc> {
+    let mut want = Vec::new();
+    for a in argv {
+        want.extend_from_slice(a.as_bytes());
+        want.push(0);
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read(entry.path().join("cmdline")).ok().as_deref() == Some(&want[..]) {
+            let fields = stat_fields(pid)?;
+            return Some(Proc {
+                pid,
+                starttime: fields.get(19)?.clone(),
+            });
+        }
+    }
+    None
+}
+
+async fn wait_for_proc(argv: &[&str]) -> Proc {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(p) = find_proc(argv) {
+            return p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{argv:?} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the process is reaped: its pid gone (or reused). A zombie still has a
+/// stat entry with state `Z`, so it does not count as gone.
+async fn wait_until_reaped(p: &Proc) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match stat_fields(p.pid) {
+            None => return,
+            Some(f) if f.get(19) != Some(&p.starttime) => return,
+            Some(f) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "pid {} still there, state {:?}",
+                p.pid,
+                f.first()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn client_disconnect_mid_command_kills_child(rst: bool, unique: &str) {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_secs(60);
+    let (server, counters) = start(config);
+    let argv = ["sleep", unique];
+    let mut s = common::connect(server.addr).await;
+    s.write_all(&request(&argv, b"")).await.unwrap();
+    let child = wait_for_proc(&argv).await;
+    if rst {
+        common::reset(s);
+    } else {
+        s.shutdown().await.unwrap();
+        drop(s);
+    }
+    wait_until_reaped(&child).await;
+    assert!(find_proc(&argv).is_none());
+    counters
+        .wait_until(DEADLINE, |c| c.aborted == 1 && c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("disconnect not counted as aborted: {c:?}"));
+    let mut s = common::connect(server.addr).await;
+    assert_usable(&mut s).await;
+}
+
+#[tokio::test]
+async fn client_fin_mid_command_kills_and_reaps_child() {
+    client_disconnect_mid_command_kills_child(false, "47.31").await;
+}
+
+#[tokio::test]
+async fn client_rst_mid_command_kills_and_reaps_child() {
+    client_disconnect_mid_command_kills_child(true, "47.32").await;
+}
+
+#[tokio::test]
+async fn server_shutdown_kills_and_reaps_running_child() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_secs(60);
+    let (server, _) = start(config);
+    let argv = ["sleep", "47.33"];
+    let mut s = common::connect(server.addr).await;
+    s.write_all(&request(&argv, b"")).await.unwrap();
+    let child = wait_for_proc(&argv).await;
+    tokio::time::timeout(DEADLINE, server.shutdown())
+        .await
+        .expect("shutdown timed out")
+        .expect("shutdown");
+    wait_until_reaped(&child).await;
+}
+
+#[tokio::test]
+async fn run_refuses_a_non_loopback_listener() {
+    let listener = targets::server::bind("0.0.0.0:0".parse().unwrap(), 16).expect("bind");
+    let result = tokio::time::timeout(
+        DEADLINE,
+        exec::run(listener, Config::default(), std::future::pending()),
+    )
+    .await
+    .expect("run should return at once");
+    assert!(
+        matches!(result, Err(ServerError::NotLoopback { server: "exec", .. })),
+        "{result:?}"
+    );
+}
