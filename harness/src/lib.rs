@@ -1,4 +1,7 @@
 //! chopstick's library: the chaos engine, campaigns, oracles and reports behind the
 //! `chopstick` binary.
 
+pub mod campaign;
 pub mod chaos;
+pub mod report;
+pub mod workload;

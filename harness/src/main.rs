@@ -9,6 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use harness::campaign::check::{CheckConfig, Profile, Progress};
+use harness::campaign::payload::preview;
+use harness::campaign::repro::Reproducer;
+use harness::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
+use harness::chaos::FaultSet;
+use harness::report::{Report, Row};
+use harness::workload::{Mode, Workload};
 use targets::server::{self, Common};
 use targets::wire::{parse_size, Framing};
 use targets::{auth, echo, exec, file};
@@ -26,6 +33,92 @@ struct Cli {
 enum Command {
     /// Start a reference server; prints `listening on ADDR` first.
     Serve(ServeArgs),
+    /// Drive any server (any language) with faults and judge its replies with an oracle.
+    Check(CheckArgs),
+    /// Run a reproducer file again: exit 1 while the bug is there, 0 once fixed.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["connect", "spawn"])))]
+struct CheckArgs {
+    /// Address of a running server (loopback only).
+    #[arg(long)]
+    connect: Option<SocketAddr>,
+    /// Command that starts the server; `{port}` is replaced by a free port. chopstick
+    /// waits until it accepts connections, watches it, captures its stderr and restarts
+    /// it after it dies. Split on whitespace (quotes group), no shell.
+    #[arg(long)]
+    spawn: Option<String>,
+    /// Framing spec of requests and replies.
+    #[arg(long, default_value = "u32be")]
+    framing: Framing,
+    /// How replies are judged: echo, upper (ASCII a-z upper-cased) or differential
+    /// (equal to an unfaulted run's replies).
+    #[arg(long, default_value = "echo")]
+    oracle: harness::campaign::OracleKind,
+    #[command(flatten)]
+    campaign: CampaignArgs,
+}
+
+/// Options shared by `check` and `run`.
+#[derive(Args, Debug)]
+struct CampaignArgs {
+    /// Connections per fault profile.
+    #[arg(long, default_value_t = 20)]
+    connections: usize,
+    /// Messages per connection.
+    #[arg(long, default_value_t = 16)]
+    messages: usize,
+    /// Largest message (sizes 0, 1, around the header width and large are drawn).
+    #[arg(long, value_parser = size_arg, default_value = "1MiB")]
+    max_size: usize,
+    /// Fault profiles, one report row each, comma-separated; `+` combines faults in one
+    /// profile, `:k=v` sets options (e.g. `split:max=8,disconnect:mode=reset+split`).
+    #[arg(long, default_value = "split,boundary,coalesce,disconnect,mixed")]
+    faults: String,
+    /// Master seed (default: random, printed). The same seed gives the same run.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Send everything at once (pipelined) or wait for each reply (ping-pong).
+    #[arg(long, value_enum, default_value_t = ModeArg::Pipelined)]
+    mode: ModeArg,
+    /// Do not send a FIN after the last request (for servers that treat it as abort).
+    #[arg(long)]
+    no_half_close: bool,
+    /// Seconds to wait for the next reply before calling it a hang.
+    #[arg(long, default_value_t = 3.0)]
+    reply_timeout: f64,
+    /// Seconds a fresh connection may take to be served after a fault.
+    #[arg(long, default_value_t = 3.0)]
+    liveness: f64,
+    /// Do not shrink failures (reproducers are then the unshrunk cases).
+    #[arg(long)]
+    no_shrink: bool,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the report as JUnit XML (one test case per target x fault).
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Directory for reproducer files.
+    #[arg(long, default_value = "chopstick-artifacts")]
+    artifacts: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ModeArg {
+    Pipelined,
+    PingPong,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// A reproducer JSON file written by `check` or `run`.
+    file: PathBuf,
+    /// Runs to try before declaring the bug fixed (timing-dependent bugs may need more).
+    #[arg(long, default_value_t = 5)]
+    attempts: usize,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +295,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -229,6 +323,8 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Serve(args) => serve(args.server).await.map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => check(args).await,
+        Command::Replay(args) => replay(args).await,
     }
 }
 
@@ -317,4 +413,184 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
         }
     };
     result.context("server stopped")
+}
+
+impl CampaignArgs {
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(rand::random)
+    }
+
+    fn profiles(&self) -> Result<Vec<Profile>> {
+        self.faults
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let faults = p
+                    .replace('+', ",")
+                    .parse::<FaultSet>()
+                    .with_context(|| format!("--faults: `{p}`"))?;
+                Ok(Profile {
+                    name: p.to_string(),
+                    faults,
+                })
+            })
+            .collect()
+    }
+
+    fn case_config(&self, framing: Framing, oracle: OracleKind) -> Result<CaseConfig> {
+        Ok(CaseConfig {
+            framing,
+            oracle,
+            mode: match self.mode {
+                ModeArg::Pipelined => Mode::Pipelined,
+                ModeArg::PingPong => Mode::PingPong,
+            },
+            half_close: !self.no_half_close,
+            timing: Timing {
+                reply_timeout: secs(self.reply_timeout, "reply-timeout")?,
+                ..Timing::default()
+            },
+            liveness: secs(self.liveness, "liveness")?,
+        })
+    }
+
+    /// Prints the table, writes the report files, returns the exit code.
+    fn finish(&self, report: &Report) -> Result<ExitCode> {
+        print!("{}", report.table());
+        if let Some(path) = &self.json {
+            report
+                .write_json(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if let Some(path) = &self.junit {
+            report
+                .write_junit(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(ExitCode::from(report.exit_code()))
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64) {
+        self.0.set_length(total);
+        self.0.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} conns {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    }
+
+    fn tick(&mut self, row: &Row) {
+        self.0.set_prefix(format!("{}/{}", row.target, row.fault));
+        self.0.set_message(format!("{} failures", row.failures));
+        self.0.inc(1);
+    }
+
+    fn finish(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn bar() -> Bar {
+    Bar(indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::stderr(),
+    ))
+}
+
+async fn check(args: CheckArgs) -> Result<ExitCode> {
+    let c = &args.campaign;
+    let seed = c.seed();
+    eprintln!("chopstick check: seed {seed}");
+    let (target, target_name) = match (&args.connect, &args.spawn) {
+        (Some(addr), _) => (TargetSpec::Connect(*addr), addr.to_string()),
+        (None, Some(cmd)) => (TargetSpec::Spawn(cmd.clone()), spawn_name(cmd)),
+        (None, None) => unreachable!("clap requires one of --connect/--spawn"),
+    };
+    let config = CheckConfig {
+        target,
+        target_name,
+        case: c.case_config(args.framing, args.oracle)?,
+        workload: Workload {
+            connections: c.connections,
+            messages: c.messages,
+            max_size: c.max_size.min(args.framing.max()),
+            header_width: header_width(&args.framing),
+        },
+        profiles: c.profiles()?,
+        seed,
+        artifacts: Some(c.artifacts.clone()),
+        shrink: !c.no_shrink,
+        shrink_budget: harness::campaign::shrink::DEFAULT_BUDGET,
+    };
+    let mut report = Report::new(seed);
+    if let Err(e) = harness::campaign::check::check(&config, &mut bar(), &mut report).await {
+        report.unusable.push(e.to_string());
+    }
+    c.finish(&report)
+}
+
+/// A short report name for a spawned target: its words without directories or `{port}`.
+fn spawn_name(cmd: &str) -> String {
+    cmd.split_whitespace()
+        .filter(|w| !w.contains("{port}"))
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Width of the framing's length header, so workloads draw sizes around it.
+fn header_width(framing: &Framing) -> usize {
+    match framing {
+        Framing::Length(l) => l.header_len(),
+        Framing::Line { .. } => 1,
+        Framing::Hjson { .. } => 4,
+    }
+}
+
+async fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let r = Reproducer::read(&args.file)?;
+    println!(
+        "replaying {}: seed {} conn {}, {} {} with {}, {} messages, plan `{}`",
+        args.file.display(),
+        r.seed,
+        r.conn,
+        r.target_name,
+        r.config.framing,
+        r.fault,
+        r.messages.len(),
+        r.plan_line
+    );
+    println!("recorded: {}: {}", r.failure.class, r.failure.detail);
+    let outcome = match harness::campaign::repro::replay(&r, args.attempts, Timing::default()).await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("chopstick replay: target unusable: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let show = |v: &[bytes::Bytes]| v.iter().map(|b| preview(b)).collect::<Vec<_>>().join(", ");
+    println!("expected: [{}]", show(&outcome.expected));
+    println!("seen:     [{}]", show(&outcome.seen));
+    match outcome.failure {
+        Some(f) => {
+            println!(
+                "STILL FAILS (attempt {}): {}: {}",
+                outcome.attempts, f.class, f.detail
+            );
+            Ok(ExitCode::from(1))
+        }
+        None => {
+            println!("passes ({} attempts): fixed", outcome.attempts);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -5,11 +5,11 @@
 //! no single read returns whole. The same seed always gives the same messages.
 
 use bytes::Bytes;
-use rand::Rng;
+use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::chaos::{purpose_rng, seed::Direction};
+use crate::chaos::purpose_rng;
 
 /// How a connection sends its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -36,7 +36,8 @@ pub struct Workload {
 impl Workload {
     /// The messages connection `conn` sends in a run seeded with `seed`.
     pub fn messages(&self, seed: u64, conn: u64) -> Vec<Bytes> {
-        let mut rng = crate::chaos::conn_rng(seed ^ 0x5eed_0f_3e55_a9e5, conn, Direction::Up);
+        // Independent of the plan RNGs, so changing a fault never changes the messages.
+        let mut rng = purpose_rng(seed, &format!("workload/{conn}"));
         (0..self.messages)
             .map(|i| {
                 let len = self.draw_size(&mut rng);
@@ -69,11 +70,13 @@ impl Workload {
 /// letters, so a misplaced reply is easy to spot in a reproducer and `upper` changes it.
 fn message(rng: &mut ChaCha8Rng, conn: u64, index: usize, len: usize) -> Bytes {
     let tag = format!("c{conn}m{index}:");
-    let mut out = Vec::with_capacity(len);
-    out.extend(tag.bytes().take(len));
-    while out.len() < len {
-        out.push(b'a' + rng.random_range(0..26u8));
+    let mut out = vec![0u8; len];
+    rng.fill_bytes(&mut out);
+    for b in out.iter_mut() {
+        *b = b'a' + *b % 26;
     }
+    let n = tag.len().min(len);
+    out[..n].copy_from_slice(&tag.as_bytes()[..n]);
     out.into()
 }
 

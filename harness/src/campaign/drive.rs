@@ -100,18 +100,31 @@ pub async fn drive(
                         // Ping-pong: do not write past frame k until reply k has come.
                         if ping_pong && next_frame > 0 && start >= frame_ends[next_frame - 1] {
                             let want = next_frame;
-                            let ok = tokio::time::timeout(timing.reply_timeout, replies_rx.wait_for(|&r| r >= want)).await;
+                            let ok = tokio::time::timeout(
+                                timing.reply_timeout,
+                                replies_rx.wait_for(|&r| r >= want),
+                            )
+                            .await;
                             if !matches!(ok, Ok(Ok(_))) {
                                 return (write, true);
                             }
                         }
                         let stop = if ping_pong {
-                            frame_ends.get(next_frame).copied().unwrap_or(end).min(end).max(start + 1)
+                            frame_ends
+                                .get(next_frame)
+                                .copied()
+                                .unwrap_or(end)
+                                .min(end)
+                                .max(start + 1)
                         } else {
                             end
                         };
                         // A server that stops reading must not stall us forever.
-                        let written = tokio::time::timeout(timing.reply_timeout, write.write_all(&stream[start..stop])).await;
+                        let written = tokio::time::timeout(
+                            timing.reply_timeout,
+                            write.write_all(&stream[start..stop]),
+                        )
+                        .await;
                         if !matches!(written, Ok(Ok(()))) {
                             return (write, true);
                         }
@@ -124,7 +137,9 @@ pub async fn drive(
                     }
                     offset = end;
                 }
-                Step::Pause(us) | Step::Stall(us) => tokio::time::sleep(Duration::from_micros(us)).await,
+                Step::Pause(us) | Step::Stall(us) => {
+                    tokio::time::sleep(Duration::from_micros(us)).await
+                }
                 Step::Close => {
                     let _ = write.shutdown().await;
                     ended = true;
@@ -162,7 +177,11 @@ pub async fn drive(
         let mut replies = Vec::new();
         let mut latencies = Vec::new();
         let end = loop {
-            let wait = if replies.len() >= expected { timing.grace } else { timing.reply_timeout };
+            let wait = if replies.len() >= expected {
+                timing.grace
+            } else {
+                timing.reply_timeout
+            };
             match tokio::time::timeout(wait, frames.next()).await {
                 Err(_) if replies.len() >= expected => break End::Eof,
                 Err(_) => break End::Timeout,
@@ -190,6 +209,8 @@ pub async fn drive(
 fn is_reset(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
     )
 }

@@ -124,20 +124,35 @@ pub fn judge(expected: &[Bytes], seen: &Seen, must_finish: bool) -> Option<Failu
                 format!("reply #{i} has {} of {} bytes", got.len(), want.len()),
             )
         } else if i > 0 && *got == expected[i - 1] {
-            (FailureClass::Duplicated, format!("reply #{i} repeats reply #{}", i - 1))
+            (
+                FailureClass::Duplicated,
+                format!("reply #{i} repeats reply #{}", i - 1),
+            )
         } else if let Some(j) = expected[i + 1..].iter().position(|e| e == got) {
-            if expected[..i].contains(&expected[i + 1 + j]) || seen.replies[i + 1..].contains(want) {
-                (FailureClass::Reordered, format!("reply #{i} is the reply due for #{}", i + 1 + j))
+            if expected[..i].contains(&expected[i + 1 + j]) || seen.replies[i + 1..].contains(want)
+            {
+                (
+                    FailureClass::Reordered,
+                    format!("reply #{i} is the reply due for #{}", i + 1 + j),
+                )
             } else {
                 (
                     FailureClass::Lost,
-                    format!("no reply to message #{i} {}; next reply answers #{}", preview(want), i + 1 + j),
+                    format!(
+                        "no reply to message #{i} {}; next reply answers #{}",
+                        preview(want),
+                        i + 1 + j
+                    ),
                 )
             }
         } else {
             (
                 FailureClass::Corrupted,
-                format!("reply #{i}: expected {}, got {}", preview(want), preview(got)),
+                format!(
+                    "reply #{i}: expected {}, got {}",
+                    preview(want),
+                    preview(got)
+                ),
             )
         };
         return Some(Failure::new(class, Some(i), detail));
@@ -159,7 +174,11 @@ pub fn judge(expected: &[Bytes], seen: &Seen, must_finish: bool) -> Option<Failu
         return Some(Failure::new(
             class,
             Some(i),
-            format!("message #{i} {}: {how} ({i} of {} replies came)", preview(&expected[i]), expected.len()),
+            format!(
+                "message #{i} {}: {how} ({i} of {} replies came)",
+                preview(&expected[i]),
+                expected.len()
+            ),
         ));
     }
     None
@@ -170,7 +189,9 @@ mod tests {
     use super::*;
 
     fn b(v: &[&str]) -> Vec<Bytes> {
-        v.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect()
+        v.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
     }
 
     fn seen(v: &[&str], end: End) -> Seen {
@@ -185,20 +206,41 @@ mod tests {
     fn each_class_is_named_right() {
         let e = ["a", "bb", "ccc"];
         assert_eq!(class(&e, &["a", "bb", "ccc"], End::Eof), None);
-        assert_eq!(class(&e, &["a", "b", "ccc"], End::Eof), Some(FailureClass::Truncated));
+        assert_eq!(
+            class(&e, &["a", "b", "ccc"], End::Eof),
+            Some(FailureClass::Truncated)
+        );
         assert_eq!(class(&e, &["a", "ccc"], End::Eof), Some(FailureClass::Lost));
-        assert_eq!(class(&e, &["a", "a", "bb"], End::Eof), Some(FailureClass::Duplicated));
-        assert_eq!(class(&e, &["a", "ccc", "bb"], End::Eof), Some(FailureClass::Reordered));
-        assert_eq!(class(&e, &["a", "xx", "ccc"], End::Eof), Some(FailureClass::Corrupted));
-        assert_eq!(class(&e, &["a", "bb", "ccc", ""], End::Eof), Some(FailureClass::Phantom));
+        assert_eq!(
+            class(&e, &["a", "a", "bb"], End::Eof),
+            Some(FailureClass::Duplicated)
+        );
+        assert_eq!(
+            class(&e, &["a", "ccc", "bb"], End::Eof),
+            Some(FailureClass::Reordered)
+        );
+        assert_eq!(
+            class(&e, &["a", "xx", "ccc"], End::Eof),
+            Some(FailureClass::Corrupted)
+        );
+        assert_eq!(
+            class(&e, &["a", "bb", "ccc", ""], End::Eof),
+            Some(FailureClass::Phantom)
+        );
         assert_eq!(class(&e, &["a"], End::Timeout), Some(FailureClass::Hang));
         assert_eq!(class(&e, &["a"], End::Eof), Some(FailureClass::Lost));
-        assert_eq!(class(&e, &["a"], End::Malformed("x".into())), Some(FailureClass::MalformedReply));
+        assert_eq!(
+            class(&e, &["a"], End::Malformed("x".into())),
+            Some(FailureClass::MalformedReply)
+        );
     }
 
     #[test]
     fn a_reset_we_caused_only_checks_the_prefix() {
-        assert_eq!(judge(&b(&["a", "b"]), &seen(&["a"], End::Reset), false), None);
+        assert_eq!(
+            judge(&b(&["a", "b"]), &seen(&["a"], End::Reset), false),
+            None
+        );
         assert!(judge(&b(&["a", "b"]), &seen(&["x"], End::Reset), false).is_some());
     }
 }

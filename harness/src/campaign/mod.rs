@@ -7,6 +7,7 @@
 //! - [`shrink`]: makes a failing case smaller while it still fails.
 //! - [`repro`]: reproducer files and `chopstick replay`.
 
+pub mod check;
 pub mod drive;
 pub mod judge;
 pub mod payload;
@@ -14,7 +15,6 @@ pub mod repro;
 pub mod shrink;
 pub mod target;
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -48,7 +48,9 @@ impl FromStr for OracleKind {
             "echo" => Ok(OracleKind::Echo),
             "upper" => Ok(OracleKind::Upper),
             "differential" => Ok(OracleKind::Differential),
-            _ => Err(format!("unknown oracle `{s}` (expected echo, upper or differential)")),
+            _ => Err(format!(
+                "unknown oracle `{s}` (expected echo, upper or differential)"
+            )),
         }
     }
 }
@@ -82,7 +84,9 @@ mod framing_string {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Framing, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -108,20 +112,37 @@ impl OracleKind {
     /// The replies due for `messages` (not for differential, which needs a baseline run).
     fn expected(self, messages: &[Bytes]) -> Vec<Bytes> {
         match self {
-            OracleKind::Upper => messages.iter().map(|m| Bytes::from(m.to_ascii_uppercase())).collect(),
+            OracleKind::Upper => messages
+                .iter()
+                .map(|m| Bytes::from(m.to_ascii_uppercase()))
+                .collect(),
             _ => messages.to_vec(),
         }
     }
 }
 
 /// Draws case `conn` of a campaign: its messages and the plan of `faults` for them.
-pub fn draw_case(workload: &Workload, framing: &Framing, faults: &FaultSet, seed: u64, conn: u64) -> Case {
+pub fn draw_case(
+    workload: &Workload,
+    framing: &Framing,
+    faults: &FaultSet,
+    seed: u64,
+    conn: u64,
+) -> Case {
     let messages = workload.messages(seed, conn);
     let plan = match framing.encode_all(&messages) {
-        Ok((stream, layouts)) => faults.plan(stream.len(), &layouts, &mut conn_rng(seed, conn, Direction::Up)),
+        Ok((stream, layouts)) => faults.plan(
+            stream.len(),
+            &layouts,
+            &mut conn_rng(seed, conn, Direction::Up),
+        ),
         Err(_) => Plan::default(),
     };
-    Case { conn, messages, plan }
+    Case {
+        conn,
+        messages,
+        plan,
+    }
 }
 
 /// Runs one case against `target`, then (after a cut) checks liveness.
@@ -130,7 +151,11 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
         Ok(x) => x,
         Err(e) => {
             return CaseResult {
-                failure: Some(Failure::new(FailureClass::MalformedReply, None, format!("cannot encode: {e}"))),
+                failure: Some(Failure::new(
+                    FailureClass::MalformedReply,
+                    None,
+                    format!("cannot encode: {e}"),
+                )),
                 expected: Vec::new(),
                 seen: Seen {
                     replies: Vec::new(),
@@ -165,7 +190,11 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
     let sock = match drive::connect(target.addr, &config.timing).await {
         Ok(s) => s,
         Err(e) => {
-            result.failure = Some(dead_or(target, FailureClass::Refused, format!("cannot connect: {e}")));
+            result.failure = Some(dead_or(
+                target,
+                FailureClass::Refused,
+                format!("cannot connect: {e}"),
+            ));
             recover(target).await;
             return result;
         }
@@ -204,10 +233,20 @@ async fn baseline(target: &mut Target, config: &CaseConfig, messages: &[Bytes]) 
         return Vec::new();
     };
     let plan = Plan::passthrough(stream.len());
-    drive::drive(sock, &config.framing, stream, &layouts, &plan, messages.len(), false, config.half_close, &config.timing)
-        .await
-        .seen
-        .replies
+    drive::drive(
+        sock,
+        &config.framing,
+        stream,
+        &layouts,
+        &plan,
+        messages.len(),
+        false,
+        config.half_close,
+        &config.timing,
+    )
+    .await
+    .seen
+    .replies
 }
 
 /// A fresh connection must be served correctly within `config.liveness`.
@@ -217,7 +256,10 @@ pub async fn liveness(target: &mut Target, config: &CaseConfig) -> Result<(), Fa
         OracleKind::Differential => None,
         oracle => Some(oracle.expected(&probe)),
     };
-    let (stream, layouts) = config.framing.encode_all(&probe).expect("the probe always encodes");
+    let (stream, layouts) = config
+        .framing
+        .encode_all(&probe)
+        .expect("the probe always encodes");
     let deadline = tokio::time::Instant::now() + config.liveness;
     let timing = Timing {
         reply_timeout: config.liveness,
@@ -229,19 +271,36 @@ pub async fn liveness(target: &mut Target, config: &CaseConfig) -> Result<(), Fa
         match drive::connect(target.addr, &timing).await {
             Ok(sock) => {
                 let plan = Plan::passthrough(stream.len());
-                let d = drive::drive(sock, &config.framing, stream.clone(), &layouts, &plan, 1, false, false, &timing).await;
+                let d = drive::drive(
+                    sock,
+                    &config.framing,
+                    stream.clone(),
+                    &layouts,
+                    &plan,
+                    1,
+                    false,
+                    false,
+                    &timing,
+                )
+                .await;
                 return match (&expected, d.seen.replies.first()) {
                     (Some(want), Some(got)) if want[0] == *got => Ok(()),
                     (None, Some(_)) => Ok(()),
                     (_, Some(got)) => Err(Failure::new(
                         FailureClass::Liveness,
                         None,
-                        format!("after the fault, a fresh connection got a wrong reply {}", payload::preview(got)),
+                        format!(
+                            "after the fault, a fresh connection got a wrong reply {}",
+                            payload::preview(got)
+                        ),
                     )),
                     (_, None) => Err(dead_or(
                         target,
                         FailureClass::Liveness,
-                        format!("after the fault, a fresh connection was not served within {:?} ({:?})", config.liveness, d.seen.end),
+                        format!(
+                            "after the fault, a fresh connection was not served within {:?} ({:?})",
+                            config.liveness, d.seen.end
+                        ),
                     )),
                 };
             }
@@ -254,7 +313,11 @@ pub async fn liveness(target: &mut Target, config: &CaseConfig) -> Result<(), Fa
             }
         }
     }
-    Err(dead_or(target, FailureClass::Refused, format!("after the fault, fresh connections are refused: {last}")))
+    Err(dead_or(
+        target,
+        FailureClass::Refused,
+        format!("after the fault, fresh connections are refused: {last}"),
+    ))
 }
 
 /// `class`, unless the spawned process has exited, which is reported instead.
@@ -262,8 +325,16 @@ fn dead_or(target: &mut Target, class: FailureClass, detail: String) -> Failure 
     match target.exited() {
         Some(status) => {
             let tail = target.stderr_tail();
-            let stderr = if tail.is_empty() { String::new() } else { format!("; stderr: {tail}") };
-            Failure::new(FailureClass::ServerDied, None, format!("server process exited ({status}){stderr}"))
+            let stderr = if tail.is_empty() {
+                String::new()
+            } else {
+                format!("; stderr: {tail}")
+            };
+            Failure::new(
+                FailureClass::ServerDied,
+                None,
+                format!("server process exited ({status}){stderr}"),
+            )
         }
         None => Failure::new(class, None, detail),
     }
@@ -276,10 +347,4 @@ async fn recover(target: &mut Target) {
             tracing::warn!("restart failed: {e}");
         }
     }
-}
-
-/// Where reproducers go, if anywhere.
-#[derive(Debug, Clone, Default)]
-pub struct Artifacts {
-    pub dir: Option<PathBuf>,
 }

@@ -19,7 +19,9 @@ impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(text) => Repr::Text(text.to_string()),
-            Err(_) => Repr::Hex { hex: hex::encode(&self.0) },
+            Err(_) => Repr::Hex {
+                hex: hex::encode(&self.0),
+            },
         }
         .serialize(s)
     }
@@ -45,7 +47,9 @@ pub fn unwrap(v: &[Payload]) -> Vec<Bytes> {
 /// A short printable preview of a payload for terminal output.
 pub fn preview(b: &[u8]) -> String {
     const MAX: usize = 40;
-    let shown: String = String::from_utf8_lossy(&b[..b.len().min(MAX)]).escape_debug().collect();
+    let shown: String = String::from_utf8_lossy(&b[..b.len().min(MAX)])
+        .escape_debug()
+        .collect();
     if b.len() > MAX {
         format!("\"{shown}\"... ({} bytes)", b.len())
     } else {
@@ -59,7 +63,10 @@ mod tests {
 
     #[test]
     fn text_and_binary_round_trip() {
-        let v = vec![Payload(Bytes::from("hi")), Payload(Bytes::from(vec![0xff, 0, 1]))];
+        let v = vec![
+            Payload(Bytes::from("hi")),
+            Payload(Bytes::from(vec![0xff, 0, 1])),
+        ];
         let json = serde_json::to_string(&v).unwrap();
         assert_eq!(json, r#"["hi",{"hex":"ff0001"}]"#);
         assert_eq!(serde_json::from_str::<Vec<Payload>>(&json).unwrap(), v);

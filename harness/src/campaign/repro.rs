@@ -44,13 +44,22 @@ pub struct Reproducer {
 #[non_exhaustive]
 pub enum ReproError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a chopstick reproducer: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path} has format version {found}; this chopstick reads version {VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Target(#[from] TargetError),
 }
@@ -66,7 +75,11 @@ impl Reproducer {
 
     /// A file name that says what failed where: `echo-split-truncated-c3.json`.
     pub fn file_name(&self) -> String {
-        let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
+        let clean = |s: &str| {
+            s.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        };
         format!(
             "{}-{}-{}-s{}-c{}.json",
             clean(&self.target_name),
@@ -124,7 +137,11 @@ pub struct ReplayOutcome {
 
 /// Runs the case again, up to `attempts` times (timing-dependent failures may need a
 /// second try); stops at the first failure.
-pub async fn replay(r: &Reproducer, attempts: usize, timing: Timing) -> Result<ReplayOutcome, ReproError> {
+pub async fn replay(
+    r: &Reproducer,
+    attempts: usize,
+    timing: Timing,
+) -> Result<ReplayOutcome, ReproError> {
     let mut target = Target::start(&r.target).await?;
     let mut config = r.config.clone();
     config.timing = timing;

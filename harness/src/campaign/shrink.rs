@@ -150,14 +150,18 @@ pub async fn shrink(
     }
 
     // 2. Fewer writes and pauses: drop one cut or pause event at a time.
-    let len = config.framing.encode_all(&best.0.messages).map_or(0, |(s, _)| s.len());
+    let len = config
+        .framing
+        .encode_all(&best.0.messages)
+        .map_or(0, |(s, _)| s.len());
     let mut i = 0;
     while runs < budget {
         let events = to_events(&best.0.plan);
         if i >= events.len() {
             break;
         }
-        if matches!(events[i].1, Event::End(_)) || (events[i].1 == Event::Cut && events[i].0 >= len) {
+        if matches!(events[i].1, Event::End(_)) || (events[i].1 == Event::Cut && events[i].0 >= len)
+        {
             i += 1;
             continue;
         }
@@ -197,7 +201,10 @@ mod tests {
         let plan: Plan = "p5 w3 p1000 w4 close".parse().unwrap();
         assert_eq!(from_events(&to_events(&plan), 20), plan);
         let open: Plan = "w3 p10 w4".parse().unwrap();
-        assert_eq!(from_events(&to_events(&open), 10).to_string(), "w3 p10 w4 w3");
+        assert_eq!(
+            from_events(&to_events(&open), 10).to_string(),
+            "w3 p10 w4 w3"
+        );
     }
 
     #[test]

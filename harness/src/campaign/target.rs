@@ -35,7 +35,11 @@ pub enum TargetError {
     #[error("cannot start `{cmd}`: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` exited ({status}) before accepting connections; stderr:\n{stderr}")]
-    DiedAtStart { cmd: String, status: String, stderr: String },
+    DiedAtStart {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
     #[error("`{cmd}` did not accept connections on {addr} within {STARTUP:?}")]
     NotListening { cmd: String, addr: SocketAddr },
     #[error("cannot find a free port: {0}")]
@@ -79,7 +83,9 @@ pub fn split_command(cmd: &str) -> Result<Vec<String>, TargetError> {
         }
     }
     if quote.is_some() {
-        return Err(TargetError::BadCommand(format!("unterminated quote in `{cmd}`")));
+        return Err(TargetError::BadCommand(format!(
+            "unterminated quote in `{cmd}`"
+        )));
     }
     if in_word {
         words.push(cur);
@@ -105,7 +111,9 @@ impl Target {
             restarts: 0,
         };
         match spec {
-            TargetSpec::Connect(addr) if !addr.ip().is_loopback() => return Err(TargetError::NotLoopback(*addr)),
+            TargetSpec::Connect(addr) if !addr.ip().is_loopback() => {
+                return Err(TargetError::NotLoopback(*addr))
+            }
             TargetSpec::Connect(addr) => t.addr = *addr,
             TargetSpec::Spawn(_) => t.spawn().await?,
         }
@@ -113,11 +121,11 @@ impl Target {
     }
 
     async fn spawn(&mut self) -> Result<(), TargetError> {
-        let TargetSpec::Spawn(cmd) = &self.spec else {
+        let TargetSpec::Spawn(cmd) = self.spec.clone() else {
             return Ok(());
         };
         let port = free_port()?;
-        let words: Vec<String> = split_command(cmd)?
+        let words: Vec<String> = split_command(&cmd)?
             .into_iter()
             .map(|w| w.replace("{port}", &port.to_string()))
             .collect();
@@ -221,8 +229,14 @@ mod tests {
 
     #[test]
     fn splits_like_a_user_expects_without_a_shell() {
-        assert_eq!(split_command("python3 srv.py {port}").unwrap(), ["python3", "srv.py", "{port}"]);
-        assert_eq!(split_command(r#"a 'b c' "d e"f"#).unwrap(), ["a", "b c", "d ef"]);
+        assert_eq!(
+            split_command("python3 srv.py {port}").unwrap(),
+            ["python3", "srv.py", "{port}"]
+        );
+        assert_eq!(
+            split_command(r#"a 'b c' "d e"f"#).unwrap(),
+            ["a", "b c", "d ef"]
+        );
         assert_eq!(split_command("a ''").unwrap(), ["a", ""]);
         assert!(split_command("a 'b").is_err());
         assert!(split_command("   ").is_err());
