@@ -34,8 +34,14 @@ fn display_is_canonical_and_parses_back() {
         ("split:max=64:pause_us=1000", "split:max=64"),
         ("disconnect:at=17:mode=reset", "disconnect:mode=reset:at=17"),
         ("coalesce:p=0.5", "coalesce:p=0.5"),
-        ("boundary:all=true, latency:us=5:jitter_us=2", "boundary:all=true,latency:us=5:jitter_us=2"),
-        ("bandwidth:rate=1KiB,slow:limit=all", "bandwidth:rate=1024,slow:limit=all"),
+        (
+            "boundary:all=true, latency:us=5:jitter_us=2",
+            "boundary:all=true,latency:us=5:jitter_us=2",
+        ),
+        (
+            "bandwidth:rate=1KiB,slow:limit=all",
+            "bandwidth:rate=1024,slow:limit=all",
+        ),
         ("mixed", "mixed"),
         ("", "none"),
         ("none", "none"),
@@ -59,18 +65,47 @@ fn serde_stores_the_canonical_string() {
 fn bad_lists_get_errors_naming_the_culprit() {
     let err = |s: &str| s.parse::<FaultSet>().unwrap_err();
     assert_eq!(err("jitter"), FaultSpecError::Unknown("jitter".into()));
-    assert!(matches!(err("split:size=3"), FaultSpecError::UnknownKey { fault, key } if fault == "split" && key == "size"));
-    assert!(matches!(err("split:max"), FaultSpecError::MalformedOption { .. }));
-    assert!(matches!(err("split:max=1:max=2"), FaultSpecError::DuplicateKey { .. }));
+    assert!(
+        matches!(err("split:size=3"), FaultSpecError::UnknownKey { fault, key } if fault == "split" && key == "size")
+    );
+    assert!(matches!(
+        err("split:max"),
+        FaultSpecError::MalformedOption { .. }
+    ));
+    assert!(matches!(
+        err("split:max=1:max=2"),
+        FaultSpecError::DuplicateKey { .. }
+    ));
     assert!(matches!(err("split:max=0"), FaultSpecError::BadValue { key, .. } if key == "max"));
-    assert!(matches!(err("split:max=x"), FaultSpecError::BadValue { .. }));
+    assert!(matches!(
+        err("split:max=x"),
+        FaultSpecError::BadValue { .. }
+    ));
     assert!(matches!(err("coalesce:p=1.5"), FaultSpecError::BadValue { key, .. } if key == "p"));
-    assert!(matches!(err("coalesce:p=NaN"), FaultSpecError::BadValue { .. }));
-    assert!(matches!(err("disconnect:at=middle"), FaultSpecError::BadValue { .. }));
-    assert!(matches!(err("disconnect:mode=fin"), FaultSpecError::BadValue { .. }));
-    assert!(matches!(err("latency:us=99999999999"), FaultSpecError::BadValue { .. }));
-    assert!(matches!(err("bandwidth:rate=0"), FaultSpecError::BadValue { .. }));
-    assert!(matches!(err("mixed:max=2"), FaultSpecError::UnknownKey { .. }));
+    assert!(matches!(
+        err("coalesce:p=NaN"),
+        FaultSpecError::BadValue { .. }
+    ));
+    assert!(matches!(
+        err("disconnect:at=middle"),
+        FaultSpecError::BadValue { .. }
+    ));
+    assert!(matches!(
+        err("disconnect:mode=fin"),
+        FaultSpecError::BadValue { .. }
+    ));
+    assert!(matches!(
+        err("latency:us=99999999999"),
+        FaultSpecError::BadValue { .. }
+    ));
+    assert!(matches!(
+        err("bandwidth:rate=0"),
+        FaultSpecError::BadValue { .. }
+    ));
+    assert!(matches!(
+        err("mixed:max=2"),
+        FaultSpecError::UnknownKey { .. }
+    ));
     assert!(err("split:max=0").to_string().contains("split:max"));
 }
 
@@ -93,8 +128,14 @@ fn merge_the_earliest_ending_wins_and_reset_beats_close_at_a_tie() {
     let split: Plan = "w2 p1 w2 p1 w2 p1 w2".parse().unwrap();
     let close: Plan = "w5 close".parse().unwrap();
     let reset: Plan = "w3 reset".parse().unwrap();
-    assert_eq!(merge(8, &[split.clone(), close.clone()]).to_string(), "w2 p1 w2 p1 w1 close");
-    assert_eq!(merge(8, &[close.clone(), reset, split]).to_string(), "w2 p1 w1 reset");
+    assert_eq!(
+        merge(8, &[split.clone(), close.clone()]).to_string(),
+        "w2 p1 w2 p1 w1 close"
+    );
+    assert_eq!(
+        merge(8, &[close.clone(), reset, split]).to_string(),
+        "w2 p1 w1 reset"
+    );
     let tie: Plan = "w5 reset".parse().unwrap();
     assert_eq!(merge(8, &[close, tie]).to_string(), "w5 reset");
 }

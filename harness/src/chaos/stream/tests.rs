@@ -76,7 +76,10 @@ fn close_shuts_the_peer_down_and_later_writes_get_broken_pipe() {
         assert_eq!(s.write(b"hello").await.unwrap(), 2);
         let err = s.write(b"llo").await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
-        assert_eq!(s.write(b"x").await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            s.write(b"x").await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
         assert_eq!(s.write_ending(), Some(Ending::Close));
         let mut got = vec![];
         b.read_to_end(&mut got).await.unwrap();
@@ -91,7 +94,10 @@ fn reset_fails_writes_with_connection_reset() {
         let mut s = ChaosStream::writer(a, plan("w1 reset"));
         let err = s.write_all(b"abc").await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
-        assert_eq!(s.flush().await.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            s.flush().await.unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset
+        );
     });
 }
 
@@ -143,7 +149,9 @@ fn a_stall_is_pending_once() {
 
 #[test]
 fn both_directions_over_a_duplex_deliver_every_byte() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (a, b) = tokio::io::duplex(8);
         let data: Vec<u8> = (0..200u8).collect();
