@@ -316,8 +316,12 @@ fn judge<M: AsRef<[u8]>>(
                 }
             };
         }
-        // Equal messages at different indexes are not evidence of duplication or reordering.
-        let same = |j: usize| frame.as_slice() == msg(j) && msg(j) != msg(index);
+        let expected = msg(index);
+        // A short or empty frame is a decoding error, not a copy of a short message
+        // elsewhere; equal messages at different indexes are no evidence either.
+        let same = |j: usize| {
+            !expected.starts_with(frame) && frame.as_slice() == msg(j) && msg(j) != expected
+        };
         if let Some(of) = (0..index).find(|&j| same(j)) {
             return Verdict::Duplicated { index, of };
         }
@@ -332,7 +336,6 @@ fn judge<M: AsRef<[u8]>>(
                 }
             };
         }
-        let expected = msg(index);
         return Verdict::Corrupted {
             index,
             expected_len: expected.len(),

@@ -460,7 +460,8 @@ impl Events {
         let stop = self.end.map_or(self.len, |(at, _)| at);
         let mut steps = Vec::with_capacity(self.cuts.len() * 2 + 3);
         let mut at = 0;
-        for pos in self.cuts.range(1..stop).copied().chain([stop]) {
+        // `max(1)`: an empty range when the ending is at 0 (BTreeSet::range panics on 1..0).
+        for pos in self.cuts.range(1..stop.max(1)).copied().chain([stop]) {
             if let Some(&us) = self.pauses.get(&at) {
                 steps.push(Step::Pause(us));
             }

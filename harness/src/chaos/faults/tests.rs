@@ -141,6 +141,13 @@ fn merge_the_earliest_ending_wins_and_reset_beats_close_at_a_tie() {
 }
 
 #[test]
+fn merge_with_an_ending_at_zero_writes_nothing() {
+    let split: Plan = "w2 p1 w2".parse().unwrap();
+    let close: Plan = "close".parse().unwrap();
+    assert_eq!(merge(4, &[split, close]).to_string(), "close");
+}
+
+#[test]
 fn merge_of_one_plan_is_that_plan() {
     for plan in ["w3 p10 w7", "p5 w10", "w4 close", "reset", "w10 p3"] {
         let plan: Plan = plan.parse().unwrap();
