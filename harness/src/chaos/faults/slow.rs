@@ -44,7 +44,7 @@ impl Fault for Slow {
         let mut at = 0;
         // `at` grows by at least one per round: at most `limit` rounds.
         while at < stop {
-            at += rng.random_range(1..=max);
+            at = at.saturating_add(rng.random_range(1..=max));
             events.cut_with_pause(at.min(stop), self.pause_us);
         }
         events.into_plan()

@@ -41,7 +41,7 @@ impl Fault for Split {
         let mut at = 0;
         // Each round moves `at` forward by at least one byte, so this ends within `len` rounds.
         while at < len {
-            at += rng.random_range(1..=max);
+            at = at.saturating_add(rng.random_range(1..=max));
             events.cut_with_pause(at, self.pause_us);
         }
         events.into_plan()

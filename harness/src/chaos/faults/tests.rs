@@ -179,3 +179,29 @@ fn mixed_picks_different_faults_for_different_streams() {
     assert!(mixed.may_disconnect());
     assert!(!parse("split").may_disconnect());
 }
+
+#[test]
+fn every_fault_config_round_trips_through_serde() {
+    let mut specs = FaultSpec::roster();
+    specs.push(FaultSpec::Mixed);
+    specs.push(FaultSpec::Disconnect(Disconnect {
+        mode: DisconnectMode::Reset,
+        at: DisconnectAt::Offset(17),
+    }));
+    for spec in specs {
+        let entry = FaultEntry { spec, p: 0.25 };
+        let json = serde_json::to_string(&entry).unwrap();
+        assert_eq!(
+            serde_json::from_str::<FaultEntry>(&json).unwrap(),
+            entry,
+            "{json}"
+        );
+    }
+}
+
+#[test]
+fn a_huge_chunk_limit_does_not_overflow() {
+    let set = parse("split:max=18446744073709551615,slow:max=18446744073709551615:limit=all");
+    let mut rng = crate::chaos::conn_rng(1, 0, crate::chaos::Direction::Up);
+    assert_eq!(set.plan(10, &[], &mut rng).bytes_written(), 10);
+}
