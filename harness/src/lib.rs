@@ -1,7 +1,14 @@
 //! chopstick's library: the chaos engine, campaigns, oracles and reports behind the
 //! `chopstick` binary.
+//!
+//! - [`chaos`]: plans, faults, seeds and `ChaosStream` — how bytes are split, merged and cut.
+//! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
+//! - [`campaign`]: drive real servers, judge replies, check liveness, shrink, reproduce.
+//! - [`workload`]: the seeded messages a campaign sends.
+//! - [`report`]: summary table, JSON and JUnit.
 
 pub mod campaign;
 pub mod chaos;
+pub mod codec;
 pub mod report;
 pub mod workload;

@@ -5,14 +5,17 @@
 //! - [`faults`] (one per file, behind [`Fault`]): turn a stream and its frame layouts into a
 //!   plan; [`FaultSet`] is a parsed `--faults` list.
 //! - [`seed`]: master seed -> per-connection ChaCha RNGs.
+//! - [`stream`]: [`ChaosStream`], which plays plans in-process on any async stream.
 
 pub mod faults;
 pub mod plan;
 pub mod seed;
+pub mod stream;
 
-pub use faults::{FaultSet, FaultSpecError};
+pub use faults::{FaultSet, FaultSpec, FaultSpecError};
 pub use plan::{Ending, Plan, PlanParseError, Step};
 pub use seed::{conn_rng, purpose_rng, Direction};
+pub use stream::ChaosStream;
 
 use rand_chacha::ChaCha8Rng;
 use targets::wire::FrameLayout;

@@ -1,0 +1,98 @@
+//! `coalesce`: several frames in one write, sometimes with the start of the next header
+//! (`coalesce:max=4:partial=0.5:pause_us=1000`) — the "sticky packet" fault.
+//!
+//! Frames are grouped 2..=`max` at a time; with probability `partial` a group also
+//! carries the first 1..=header bytes of the frame after it (never the whole frame), so
+//! the receiver holds complete frames *and* a partial header after one read. Groups are
+//! `pause_us` apart so a real peer does not merge them further. Without layouts the
+//! stream goes out in one to three large writes.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use targets::wire::FrameLayout;
+
+use super::{
+    parse_count, parse_pause, parse_probability, random_cuts, Configure, Events, OptError,
+};
+use crate::chaos::{Fault, Plan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Coalesce {
+    /// Most frames per write (at least 1).
+    pub max: usize,
+    /// Probability that a write also carries the start of the next frame.
+    pub partial: f64,
+    pub pause_us: u64,
+}
+
+impl Default for Coalesce {
+    fn default() -> Self {
+        Coalesce {
+            max: 4,
+            partial: 0.5,
+            pause_us: 1000,
+        }
+    }
+}
+
+impl Fault for Coalesce {
+    fn name(&self) -> &'static str {
+        "coalesce"
+    }
+
+    fn plan(&self, len: usize, frames: &[FrameLayout], rng: &mut ChaCha8Rng) -> Plan {
+        let mut events = Events::new(len);
+        if frames.is_empty() {
+            let pieces = rng.random_range(0..3);
+            for at in random_cuts(len, pieces, rng) {
+                events.cut_with_pause(at, self.pause_us);
+            }
+            return events.into_plan();
+        }
+        let max = self.max.max(1);
+        let mut i = 0;
+        // `i` grows by at least one frame per round: at most `frames.len()` rounds.
+        while i < frames.len() {
+            let group = rng.random_range(max.min(2)..=max);
+            i = (i + group).min(frames.len());
+            let mut at = frames[i - 1].end;
+            if let Some(next) = frames.get(i) {
+                if next.len() > 1 && rng.random_bool(self.partial) {
+                    let header = next.header().len().clamp(1, next.len() - 1);
+                    at += rng.random_range(1..=header);
+                }
+            }
+            events.cut_with_pause(at, self.pause_us);
+        }
+        events.into_plan()
+    }
+}
+
+impl Configure for Coalesce {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), OptError> {
+        match key {
+            "max" => self.max = parse_count(value, 1, usize::MAX)?,
+            "partial" => self.partial = parse_probability(value)?,
+            "pause_us" => self.pause_us = parse_pause(value)?,
+            _ => return Err(OptError::UnknownKey),
+        }
+        Ok(())
+    }
+
+    fn options(&self) -> Vec<(&'static str, String)> {
+        let d = Coalesce::default();
+        let mut out = vec![];
+        if self.max != d.max {
+            out.push(("max", self.max.to_string()));
+        }
+        if self.partial != d.partial {
+            out.push(("partial", self.partial.to_string()));
+        }
+        if self.pause_us != d.pause_us {
+            out.push(("pause_us", self.pause_us.to_string()));
+        }
+        out
+    }
+}
