@@ -1,4 +1,5 @@
-//! `bandwidth`: a byte rate, as chunks with pauses between them (`bandwidth:rate=64KiB`).
+//! `bandwidth`: a byte rate, as chunks with pauses between them (`bandwidth:rate=64KiB`,
+//! default 4 MiB/s so a campaign of large messages still ends in seconds).
 //!
 //! The stream goes out in chunks of about one millisecond's worth of bytes, each chunk
 //! followed by the pause that keeps the average at `rate` bytes per second. No
@@ -20,7 +21,7 @@ pub struct Bandwidth {
 
 impl Default for Bandwidth {
     fn default() -> Self {
-        Bandwidth { rate: 64 * 1024 }
+        Bandwidth { rate: 4 * 1024 * 1024 }
     }
 }
 

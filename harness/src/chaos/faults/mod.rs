@@ -264,12 +264,38 @@ impl FaultSet {
                 applies.then_some(plan)
             })
             .collect();
-        match plans.len() {
+        let plan = match plans.len() {
             0 => Plan::passthrough(len),
             1 => plans.into_iter().next().unwrap_or_default(),
             _ => merge(len, &plans),
-        }
+        };
+        cap_pauses(plan, MAX_PLAN_PAUSE_US)
     }
+}
+
+/// Most pause time one plan may hold (5 s): whatever the options, a connection of a
+/// campaign ends in bounded time. Pauses past the budget are dropped (writes stay).
+pub const MAX_PLAN_PAUSE_US: u64 = 5_000_000;
+
+/// `plan` with its pauses kept in order until `budget_us` is spent, later ones dropped.
+pub fn cap_pauses(plan: Plan, budget_us: u64) -> Plan {
+    if plan.pause_us() <= budget_us {
+        return plan;
+    }
+    let mut left = budget_us;
+    let steps = plan
+        .steps
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Pause(us) | Step::Stall(us) if us > left => None,
+            Step::Pause(us) | Step::Stall(us) => {
+                left -= us;
+                Some(s)
+            }
+            other => Some(other),
+        })
+        .collect();
+    Plan::new(steps)
 }
 
 impl fmt::Display for FaultSet {

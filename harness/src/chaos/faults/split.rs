@@ -2,6 +2,13 @@
 //!
 //! The plain "one send arrives as many reads" fault. The pause matters on real sockets:
 //! without it the kernel may hand the pieces to the peer in one read again.
+//!
+//! Receivers break at frame edges, so that is where the cuts are fine-grained: chunks of
+//! 1..=`max` bytes cover each header and the first and last `4 * max` bytes of each body.
+//! The middle of a large body is cut into chunks of 1..=`coarse` bytes instead — still
+//! split, but a 1 MiB body costs a few dozen paused writes, not 100 000.
+//! `coarse=0` cuts everything finely (a byte-exact "reads never exceed max" test wants that).
+//! Without frame layouts the whole stream counts as one body.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -11,12 +18,15 @@ use targets::wire::FrameLayout;
 use super::{parse_count, parse_pause, Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};
 
-/// Chunks of 1..=`max` bytes, `pause_us` apart. Frame layouts are not needed.
+/// Chunks of 1..=`max` bytes near frame edges (1..=`coarse` inside large bodies),
+/// `pause_us` apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Split {
-    /// Largest chunk in bytes (at least 1).
+    /// Largest chunk in bytes near frame edges (at least 1).
     pub max: usize,
+    /// Largest chunk in the middle of a large body; 0 = `max` everywhere.
+    pub coarse: usize,
     /// Pause between chunks in microseconds.
     pub pause_us: u64,
 }
@@ -25,7 +35,20 @@ impl Default for Split {
     fn default() -> Self {
         Split {
             max: 16,
+            coarse: 64 * 1024,
             pause_us: 1000,
+        }
+    }
+}
+
+impl Split {
+    /// Cuts `from..to` into chunks of 1..=`chunk` bytes, each followed by a pause.
+    fn cut_range(&self, events: &mut Events, from: usize, to: usize, chunk: usize, rng: &mut ChaCha8Rng) {
+        let mut at = from;
+        // Each round moves `at` forward by at least one byte: at most `to - from` rounds.
+        while at < to {
+            at = at.saturating_add(rng.random_range(1..=chunk.max(1))).min(to);
+            events.cut_with_pause(at, self.pause_us);
         }
     }
 }
@@ -35,15 +58,28 @@ impl Fault for Split {
         "split"
     }
 
-    fn plan(&self, len: usize, _frames: &[FrameLayout], rng: &mut ChaCha8Rng) -> Plan {
+    fn plan(&self, len: usize, frames: &[FrameLayout], rng: &mut ChaCha8Rng) -> Plan {
         let mut events = Events::new(len);
         let max = self.max.max(1);
+        let whole = [FrameLayout {
+            start: 0,
+            length_field: 0..0,
+            body: 0..len,
+            end: len,
+        }];
+        let frames = if frames.is_empty() { &whole[..] } else { frames };
+        let edge = max.saturating_mul(4);
         let mut at = 0;
-        // Each round moves `at` forward by at least one byte, so this ends within `len` rounds.
-        while at < len {
-            at = at.saturating_add(rng.random_range(1..=max));
-            events.cut_with_pause(at, self.pause_us);
+        for f in frames.iter().filter(|f| f.end <= len) {
+            let fine_until = f.body.start.saturating_add(edge).min(f.end);
+            let fine_from = f.body.end.saturating_sub(edge).max(fine_until);
+            self.cut_range(&mut events, at, fine_until, max, rng);
+            let middle = if self.coarse == 0 { max } else { self.coarse.max(max) };
+            self.cut_range(&mut events, fine_until, fine_from, middle, rng);
+            self.cut_range(&mut events, fine_from, f.end, max, rng);
+            at = f.end;
         }
+        self.cut_range(&mut events, at, len, max, rng);
         events.into_plan()
     }
 }
@@ -52,6 +88,7 @@ impl Configure for Split {
     fn set(&mut self, key: &str, value: &str) -> Result<(), OptError> {
         match key {
             "max" => self.max = parse_count(value, 1, usize::MAX)?,
+            "coarse" => self.coarse = parse_count(value, 0, usize::MAX)?,
             "pause_us" => self.pause_us = parse_pause(value)?,
             _ => return Err(OptError::UnknownKey),
         }
@@ -63,6 +100,9 @@ impl Configure for Split {
         let mut out = vec![];
         if self.max != d.max {
             out.push(("max", self.max.to_string()));
+        }
+        if self.coarse != d.coarse {
+            out.push(("coarse", self.coarse.to_string()));
         }
         if self.pause_us != d.pause_us {
             out.push(("pause_us", self.pause_us.to_string()));
