@@ -5,10 +5,13 @@
 //! - [`faults`] (one per file, behind [`Fault`]): turn a stream and its frame layouts into a
 //!   plan; [`FaultSet`] is a parsed `--faults` list.
 //! - [`seed`]: master seed -> per-connection ChaCha RNGs.
+//! - [`tcp`]: plans executed over a real `TcpStream` (NODELAY, one write per chunk,
+//!   pauses, FIN or RST).
 
 pub mod faults;
 pub mod plan;
 pub mod seed;
+pub mod tcp;
 
 pub use faults::{FaultSet, FaultSpecError};
 pub use plan::{Ending, Plan, PlanParseError, Step};
