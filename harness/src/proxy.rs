@@ -182,7 +182,8 @@ impl Default for Hold {
 pub struct ProxyConfig {
     /// Where every accepted connection is relayed to (`--upstream`).
     pub upstream: SocketAddr,
-    /// Frame-aware relaying (`--framing`); `None` relays bytes without layouts.
+    /// Frame-aware relaying (`--framing`, spoken both ways); `None` relays bytes
+    /// without layouts and never holds them back.
     pub framing: Option<Framing>,
     /// Faults to apply (`--faults`); empty = a plain relay.
     pub faults: FaultSet,
