@@ -5,10 +5,12 @@
 //! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
 //! - [`campaign`]: drive real servers, judge replies, check liveness, shrink, reproduce.
 //! - [`workload`]: the seeded messages a campaign sends.
+//! - [`proxy`]: `chopstick proxy`, a TCP relay applying plans to either direction.
 //! - [`report`]: summary table, JSON and JUnit.
 
 pub mod campaign;
 pub mod chaos;
 pub mod codec;
+pub mod proxy;
 pub mod report;
 pub mod workload;

@@ -6,11 +6,14 @@
 //!   plan; [`FaultSet`] is a parsed `--faults` list.
 //! - [`seed`]: master seed -> per-connection ChaCha RNGs.
 //! - [`stream`]: [`ChaosStream`], which plays plans in-process on any async stream.
+//! - [`tcp`]: plans executed over a real `TcpStream` (NODELAY, one write per chunk,
+//!   pauses, FIN or RST).
 
 pub mod faults;
 pub mod plan;
 pub mod seed;
 pub mod stream;
+pub mod tcp;
 
 pub use faults::{FaultSet, FaultSpec, FaultSpecError};
 pub use plan::{Ending, Plan, PlanParseError, Step};

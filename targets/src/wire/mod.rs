@@ -15,6 +15,7 @@ mod error;
 mod hjson;
 mod length;
 mod line;
+mod scan;
 mod spec;
 
 use std::ops::Range;
@@ -26,6 +27,7 @@ pub use error::{SpecError, WireError};
 pub use hjson::{HjsonCodec, HjsonFrame, MAX_HEADER};
 pub use length::LengthCodec;
 pub use line::LineCodec;
+pub use scan::{FrameScanner, StreamFrame, UNKNOWN_OFFSET};
 pub use spec::{parse_size, Endian, Framing, LengthSpec, DEFAULT_MAX};
 
 /// Where one encoded frame's parts lie in the byte stream (absolute offsets).
