@@ -282,3 +282,29 @@ async fn shutdown_closes_open_connections_and_returns() {
     let (rest, _) = read_to_end_or_error(&mut idle).await;
     assert!(rest.is_empty());
 }
+
+#[tokio::test]
+async fn client_that_never_reads_its_replies_is_dropped_at_the_idle_timeout() {
+    let mut config = echo::Config::default();
+    config.common.idle_timeout = Duration::from_millis(300);
+    let server = start_with(config);
+    let s = connect(server.handle.addr).await;
+    let (mut rd, mut wr) = s.into_split();
+    // 64 MiB of requests, far beyond what socket buffers hold: the server's replies
+    // back up and its writes stall. Written on its own task, which ends when the
+    // server closes (the write fails) or the test ends.
+    let payload = vec![b'p'; 64 * 1024];
+    let (stream, _) = server.framing.encode_all(&vec![payload; 1024]).unwrap();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&stream).await;
+    });
+    let c = server
+        .counters
+        .wait_until(DEADLINE, |c| c.aborted == 1 && c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("a client that never reads holds its slot: {c:?}"));
+    assert_eq!(c.errors.get("idle_timeout"), Some(&1), "{c:?}");
+    writer.abort();
+    drop(read_to_end_or_error(&mut rd));
+    round_trip(server.handle.addr, &server.framing, &[b"next"]).await;
+}

@@ -134,7 +134,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 error_reply(&e.to_string())
             }
         };
-        server::send_frame(&mut frames, reply, counters).await?;
+        server::send_frame(&mut frames, reply, counters, config.common.idle_timeout).await?;
     }
     Ok(())
 }
