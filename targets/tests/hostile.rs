@@ -71,8 +71,10 @@ struct Server {
 
 fn start(kind: Kind) -> Server {
     let counters = Arc::new(Counters::default());
-    let mut common = targets::server::Common::default();
-    common.counters = counters.clone();
+    let common = targets::server::Common {
+        counters: counters.clone(),
+        ..Default::default()
+    };
     let mut root = None;
     let l = listener();
     let handle = match &kind {
