@@ -345,6 +345,14 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// A server whose configuration passed every check that can refuse it.
+enum Ready {
+    Echo(echo::Config),
+    Exec(exec::Config),
+    File(file::Config),
+    Auth(auth::Config),
+}
+
 async fn serve(cmd: ServerCmd) -> Result<()> {
     let common = match &cmd {
         ServerCmd::Echo { common, .. }
@@ -356,25 +364,21 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", common.listen))?;
     let addr = listener.local_addr()?;
     let config = common.common()?;
-    // Announce before serving: tests and `check --spawn` parse this line for the port.
-    println!("listening on {addr}");
-    let result = match cmd {
-        ServerCmd::Echo { echo, .. } => {
-            echo::run(listener, echo.config(config), shutdown_signal()).await
-        }
+    // Everything that can refuse to serve is checked before the port is announced, so
+    // `listening on` always means a server that is serving.
+    let ready = match cmd {
+        ServerCmd::Echo { echo, .. } => Ready::Echo(echo.config(config)),
         ServerCmd::Exec { exec, .. } => {
-            exec::run(listener, exec.config(config)?, shutdown_signal()).await
+            server::require_loopback(&listener, "exec")?;
+            Ready::Exec(exec.config(config)?)
         }
         ServerCmd::File { file, .. } => {
-            file::run(
-                listener,
-                file::Config {
-                    common: config,
-                    root: file.root,
-                },
-                shutdown_signal(),
-            )
-            .await
+            server::require_loopback(&listener, "file")?;
+            file::prepare_root(&file.root).await?;
+            Ready::File(file::Config {
+                common: config,
+                root: file.root,
+            })
         }
         ServerCmd::Auth {
             inner,
@@ -386,6 +390,10 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
             ..
         } => {
             let key = auth::load_key(key_file.as_deref()).context("no usable key")?;
+            let handshake_timeout = secs(handshake_timeout, "handshake-timeout")?;
+            if handshake_timeout.is_zero() {
+                bail!("--handshake-timeout must be above zero");
+            }
             let inner_common = Common {
                 counters: Default::default(),
                 ..config.clone()
@@ -397,20 +405,28 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
                     let Some(root) = root else {
                         bail!("--inner file needs --root DIR");
                     };
+                    file::prepare_root(&root).await?;
                     auth::Inner::File(file::Config {
                         common: inner_common,
                         root,
                     })
                 }
             };
-            let config = auth::Config {
+            Ready::Auth(auth::Config {
                 common: config,
                 key,
-                handshake_timeout: secs(handshake_timeout, "handshake-timeout")?,
+                handshake_timeout,
                 inner,
-            };
-            auth::run(listener, config, shutdown_signal()).await
+            })
         }
+    };
+    // Announce before serving: tests and `check --spawn` parse this line for the port.
+    println!("listening on {addr}");
+    let result = match ready {
+        Ready::Echo(config) => echo::run(listener, config, shutdown_signal()).await,
+        Ready::Exec(config) => exec::run(listener, config, shutdown_signal()).await,
+        Ready::File(config) => file::run(listener, config, shutdown_signal()).await,
+        Ready::Auth(config) => auth::run(listener, config, shutdown_signal()).await,
     };
     result.context("server stopped")
 }

@@ -205,6 +205,10 @@ pub async fn run(
             "handshake timeout must be above zero".into(),
         ));
     }
+    // The inner file server gets the same start-up checks as a standalone one.
+    if let Inner::File(inner) = &config.inner {
+        file::prepare_root(&inner.root).await?;
+    }
     let config = Arc::new(config);
     server::serve(
         listener,

@@ -69,7 +69,13 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let mut frames = Framed::new(stream, framing.codec());
     while let Some(payload) = server::next_frame(&mut frames, config.common.idle_timeout).await? {
         counters.frame_in();
-        server::send_frame(&mut frames, config.transform.apply(payload), counters).await?;
+        server::send_frame(
+            &mut frames,
+            config.transform.apply(payload),
+            counters,
+            config.common.idle_timeout,
+        )
+        .await?;
     }
     Ok(())
 }

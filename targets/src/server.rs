@@ -245,11 +245,20 @@ where
 }
 
 /// Sends one reply frame and flushes it, so a pipelining client is never left waiting.
-pub async fn send_frame<S, T>(frames: &mut S, item: T, counters: &Counters) -> Result<(), ConnError>
+/// A peer that reads nothing for `idle` (its window stays full) is dropped like a
+/// silent one, so it cannot hold a connection slot forever.
+pub async fn send_frame<S, T>(
+    frames: &mut S,
+    item: T,
+    counters: &Counters,
+    idle: Duration,
+) -> Result<(), ConnError>
 where
     S: Sink<T, Error = WireError> + Unpin,
 {
-    frames.send(item).await?;
+    tokio::time::timeout(idle, frames.send(item))
+        .await
+        .map_err(|_| ConnError::IdleTimeout(idle))??;
     counters.frame_out();
     Ok(())
 }

@@ -411,3 +411,104 @@ fn load_key_uses_the_env_var_only_without_a_file() {
     let err = auth::load_key(None).unwrap_err();
     assert!(matches!(err, auth::KeyError::Missing), "{err:?}");
 }
+
+#[tokio::test]
+async fn digest_and_inner_requests_written_one_byte_at_a_time() {
+    let server = start_default();
+    let mut s = connect(server.handle.addr).await;
+    let nonce = read_nonce(&mut s).await;
+    let mut all = BytesMut::from(&auth::digest(KEY, &nonce)[..]);
+    all.extend_from_slice(&frame(b"first"));
+    all.extend_from_slice(&frame(b""));
+    all.extend_from_slice(&frame(b"third"));
+    write_bytewise(&mut s, &all).await;
+    assert_eq!(read_verdict(&mut s).await, auth::ACCEPTED);
+    let replies = read_frames(&mut s, Framing::default().codec(), 3).await;
+    assert_eq!(replies, [&b"first"[..], b"", b"third"]);
+    finish(s).await;
+}
+
+#[tokio::test]
+async fn digest_and_many_pipelined_requests_in_one_write_are_answered_in_order() {
+    let server = start_default();
+    let mut s = connect(server.handle.addr).await;
+    let nonce = read_nonce(&mut s).await;
+    let payloads: Vec<Vec<u8>> = (0..50)
+        .map(|i: u32| i.to_be_bytes().repeat(i as usize % 5))
+        .collect();
+    let mut all = BytesMut::from(&auth::digest(KEY, &nonce)[..]);
+    for p in &payloads {
+        all.extend_from_slice(&frame(p));
+    }
+    s.write_all(&all).await.unwrap();
+    assert_eq!(read_verdict(&mut s).await, auth::ACCEPTED);
+    let replies = read_frames(&mut s, Framing::default().codec(), payloads.len()).await;
+    assert_eq!(replies, payloads);
+    finish(s).await;
+    let inner = wait(&server.inner, "inner frames", |c| c.frames_out == 50).await;
+    assert_eq!(inner.frames_in, 50);
+}
+
+#[tokio::test]
+async fn inner_exec_and_file_work_behind_auth() {
+    use targets::wire::{HjsonCodec, HjsonFrame};
+    use tokio_util::codec::Encoder;
+    let dir = tempfile::tempdir().unwrap();
+    let hjson = |header: serde_json::Value, body: &[u8]| {
+        let mut buf = BytesMut::new();
+        HjsonCodec::new(1 << 20)
+            .encode(HjsonFrame::new(header, body.to_vec()), &mut buf)
+            .unwrap();
+        buf
+    };
+    let inners = [
+        Inner::Exec(targets::exec::Config::default()),
+        Inner::File(targets::file::Config::new(dir.path())),
+    ];
+    for inner in inners {
+        let is_exec = matches!(inner, Inner::Exec(_));
+        let config = auth::Config::new(KEY.to_vec(), inner);
+        let handle = Handle::spawn(listener(), move |l, stop| auth::run(l, config, stop)).unwrap();
+        let mut s = connect(handle.addr).await;
+        let accepted = tokio::time::timeout(DEADLINE, auth::client_handshake(&mut s, KEY))
+            .await
+            .expect("handshake timed out")
+            .expect("handshake");
+        assert!(accepted);
+        if is_exec {
+            s.write_all(&hjson(serde_json::json!({"argv": ["seq", "1", "3"]}), b""))
+                .await
+                .unwrap();
+            let reply = read_frames(&mut s, HjsonCodec::new(1 << 20), 1).await;
+            assert_eq!(reply[0].header["exit"], 0);
+            assert_eq!(&reply[0].body[..], b"1\n2\n3\n");
+        } else {
+            use sha2::Digest;
+            let sha = hex::encode(sha2::Sha256::digest(b"behind auth"));
+            let mut reqs = hjson(
+                serde_json::json!({"op": "put", "name": "f", "sha256": sha}),
+                b"behind auth",
+            );
+            reqs.extend_from_slice(&hjson(serde_json::json!({"op": "get", "name": "f"}), b""));
+            s.write_all(&reqs).await.unwrap();
+            let replies = read_frames(&mut s, HjsonCodec::new(1 << 20), 2).await;
+            assert_eq!(replies[0].header["ok"], true, "{:?}", replies[0].header);
+            assert_eq!(&replies[1].body[..], b"behind auth");
+            assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"behind auth");
+        }
+        finish(s).await;
+        handle.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn inner_file_with_a_missing_root_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = Inner::File(targets::file::Config::new(dir.path().join("absent")));
+    let config = auth::Config::new(KEY.to_vec(), inner);
+    let never = std::future::pending::<()>();
+    let result = tokio::time::timeout(DEADLINE, auth::run(listener(), config, never))
+        .await
+        .expect("run should return at once");
+    assert!(matches!(result, Err(ServerError::Config(_))), "{result:?}");
+}

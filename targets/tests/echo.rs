@@ -227,6 +227,16 @@ async fn connection_limit_queues_the_next_client_until_a_slot_frees() {
     let mut second = connect(server.handle.addr).await;
     let (req, _) = framing.encode_all(&[b"second"]).unwrap();
     second.write_all(&req).await.unwrap();
+    // Give a (wrongly) unlimited server time to accept and answer; the right one waits.
+    let early = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        read_frames(&mut second, framing.codec(), 1),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "second client served while the first held the only slot"
+    );
     assert_eq!(server.counters.snapshot().accepted, 1);
     drop(first);
     let reply = read_frames(&mut second, framing.codec(), 1).await;
@@ -244,9 +254,15 @@ async fn round_trip_on(s: &mut tokio::net::TcpStream, framing: &Framing, payload
 async fn restart_on_the_same_port_works_at_once() {
     let server = start("u32be");
     let addr = server.handle.addr;
-    // A served connection leaves TIME_WAIT state behind on the server side.
-    round_trip(addr, &server.framing, &[b"one"]).await;
+    // The side that closes first keeps TIME_WAIT. Shutting down with a client still
+    // connected makes the server close first, so its port has a TIME_WAIT socket, which
+    // only SO_REUSEADDR lets a new listener bind past.
+    let mut open = connect(addr).await;
+    round_trip_on(&mut open, &server.framing, b"one").await;
     server.handle.shutdown().await.unwrap();
+    let (rest, _) = read_to_end_or_error(&mut open).await;
+    assert!(rest.is_empty());
+    drop(open);
     let again = server::bind(addr, 16).expect("rebind the same port at once (SO_REUSEADDR)");
     let handle =
         Handle::spawn(again, |l, stop| echo::run(l, echo::Config::default(), stop)).unwrap();
@@ -265,4 +281,30 @@ async fn shutdown_closes_open_connections_and_returns() {
         .unwrap();
     let (rest, _) = read_to_end_or_error(&mut idle).await;
     assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn client_that_never_reads_its_replies_is_dropped_at_the_idle_timeout() {
+    let mut config = echo::Config::default();
+    config.common.idle_timeout = Duration::from_millis(300);
+    let server = start_with(config);
+    let s = connect(server.handle.addr).await;
+    let (mut rd, mut wr) = s.into_split();
+    // 64 MiB of requests, far beyond what socket buffers hold: the server's replies
+    // back up and its writes stall. Written on its own task, which ends when the
+    // server closes (the write fails) or the test ends.
+    let payload = vec![b'p'; 64 * 1024];
+    let (stream, _) = server.framing.encode_all(&vec![payload; 1024]).unwrap();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&stream).await;
+    });
+    let c = server
+        .counters
+        .wait_until(DEADLINE, |c| c.aborted == 1 && c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("a client that never reads holds its slot: {c:?}"));
+    assert_eq!(c.errors.get("idle_timeout"), Some(&1), "{c:?}");
+    writer.abort();
+    drop(read_to_end_or_error(&mut rd));
+    round_trip(server.handle.addr, &server.framing, &[b"next"]).await;
 }

@@ -479,3 +479,62 @@ async fn run_refuses_a_non_loopback_listener() {
         "{result:?}"
     );
 }
+
+#[tokio::test]
+async fn timed_out_command_is_reaped() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_millis(300);
+    let (server, _) = start(config);
+    let argv = ["sleep", "47.34"];
+    let mut s = common::connect(server.addr).await;
+    s.write_all(&request(&argv, b"")).await.unwrap();
+    let child = wait_for_proc(&argv).await;
+    let reply = read_replies(&mut s, 1).await.pop().unwrap();
+    assert_eq!(reply.header["timed_out"], json!(true));
+    wait_until_reaped(&child).await;
+}
+
+/// The whole process group goes, not only the direct child: a backgrounded grandchild
+/// that would otherwise outlive its parent is killed too.
+#[tokio::test]
+async fn client_disconnect_kills_grandchildren_too() {
+    let mut config = allowing(&["sh"]);
+    config.timeout = Duration::from_secs(60);
+    let (server, counters) = start(config);
+    let script = "sleep 47.35 & sleep 47.36; wait";
+    let mut s = common::connect(server.addr).await;
+    s.write_all(&request(&["sh", "-c", script], b""))
+        .await
+        .unwrap();
+    let shell = wait_for_proc(&["sh", "-c", script]).await;
+    let bg = wait_for_proc(&["sleep", "47.35"]).await;
+    let fg = wait_for_proc(&["sleep", "47.36"]).await;
+    common::reset(s);
+    for p in [&shell, &bg, &fg] {
+        wait_until_reaped_or_orphaned_gone(p).await;
+    }
+    counters
+        .wait_until(DEADLINE, |c| c.aborted == 1 && c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("disconnect not counted: {c:?}"));
+}
+
+/// A grandchild is reaped by init (or a subreaper), not by us: it counts as gone once
+/// it is dead, zombie or not.
+async fn wait_until_reaped_or_orphaned_gone(p: &Proc) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match stat_fields(p.pid) {
+            None => return,
+            Some(f) if f.get(19) != Some(&p.starttime) => return,
+            Some(f) if f.first().map(String::as_str) == Some("Z") => return,
+            Some(f) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "pid {} still alive, state {:?}",
+                p.pid,
+                f.first()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

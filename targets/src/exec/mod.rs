@@ -241,9 +241,7 @@ async fn send<S: AsyncWrite + Unpin>(
     counters: &Counters,
     idle: Duration,
 ) -> Result<(), ConnError> {
-    tokio::time::timeout(idle, server::send_frame(replies, reply, counters))
-        .await
-        .map_err(|_| ConnError::IdleTimeout(idle))?
+    server::send_frame(replies, reply, counters, idle).await
 }
 
 /// Why a request is refused; the text goes to the client in `error`.

@@ -81,22 +81,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     server::require_loopback(&listener, "file")?;
-    let root = config.root.clone();
-    let meta = tokio::fs::metadata(&root)
-        .await
-        .map_err(|e| ServerError::Config(format!("file root {}: {e}", root.display())))?;
-    if !meta.is_dir() {
-        return Err(ServerError::Config(format!(
-            "file root {} is not a directory",
-            root.display()
-        )));
-    }
-    let swept = tokio::task::spawn_blocking(move || store::sweep_temp_files(&root))
-        .await
-        .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
-    if swept > 0 {
-        tracing::info!(swept, "removed stale temporary files from an earlier run");
-    }
+    prepare_root(&config.root).await?;
     let config = Arc::new(config);
     server::serve(
         listener,
@@ -108,6 +93,28 @@ pub async fn run(
         },
     )
     .await
+}
+
+/// Checks that `root` is an existing directory and removes temporary files left by an
+/// earlier crash. [`run`] calls it, and so does auth for `--inner file`.
+pub async fn prepare_root(root: &std::path::Path) -> Result<(), ServerError> {
+    let meta = tokio::fs::metadata(root)
+        .await
+        .map_err(|e| ServerError::Config(format!("file root {}: {e}", root.display())))?;
+    if !meta.is_dir() {
+        return Err(ServerError::Config(format!(
+            "file root {} is not a directory",
+            root.display()
+        )));
+    }
+    let root = root.to_path_buf();
+    let swept = tokio::task::spawn_blocking(move || store::sweep_temp_files(&root))
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
+    if swept > 0 {
+        tracing::info!(swept, "removed stale temporary files from an earlier run");
+    }
+    Ok(())
 }
 
 /// Speaks the file protocol on one connection (a socket, or auth's inner stream).
@@ -127,7 +134,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 error_reply(&e.to_string())
             }
         };
-        server::send_frame(&mut frames, reply, counters).await?;
+        server::send_frame(&mut frames, reply, counters, config.common.idle_timeout).await?;
     }
     Ok(())
 }
