@@ -2,3 +2,4 @@
 //! `chopstick` binary.
 
 pub mod chaos;
+pub mod udp;
