@@ -355,7 +355,7 @@ pub(crate) async fn exchange(
     let mut shaper = Shaper::default();
     let mut buf = vec![0u8; 65_536];
     let hard = Instant::now() + p.deadline;
-    let (mut next, mut closed, mut written_off) = (0usize, false, 0u64);
+    let (mut next, mut closed, mut written_off, mut pushed) = (0usize, false, 0u64, 0u64);
     let mut last_progress = Instant::now();
     loop {
         let now = Instant::now();
@@ -373,9 +373,12 @@ pub(crate) async fn exchange(
                 x.sent += 1;
             }
         }
-        let awaited = x.sent.saturating_sub(x.replies.len() as u64 + written_off);
+        // Copies pushed into the shaper count as awaited from the moment they are
+        // pushed, so delayed and held datagrams cannot sneak past the window as a burst.
+        let awaited = pushed.saturating_sub(x.replies.len() as u64 + written_off);
         if next < n && (awaited as usize) < p.window.max(1) {
             let r = &requests[next];
+            pushed += u64::from(r.fate.copies);
             let a = shaper.push(
                 now,
                 &r.fate,
@@ -639,8 +642,11 @@ pub async fn run_check(config: &UdpCheckConfig) -> Result<UdpCheckReport, UdpChe
 }
 
 pub(crate) fn params(config: &UdpCheckConfig) -> Params {
+    // A held datagram waits for up to `reorder window - 1` later ones; the send window
+    // must let that many through, or holds end by timeout instead of by reordering.
+    let reorder = config.faults.reorder.map_or(0, |(w, _)| w as usize);
     Params {
-        window: config.window,
+        window: config.window.max(reorder + 1),
         reply_timeout: config.reply_timeout,
         deadline: config.deadline,
     }

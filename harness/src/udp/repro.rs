@@ -114,8 +114,10 @@ fn kinds(f: &[UdpFailure]) -> Vec<FailureKind> {
 
 impl UdpReproducer {
     fn params(&self) -> Params {
+        // Same rule as the check: the window lets a held datagram's passers-by through.
+        let reorder = self.faults.reorder.map_or(0, |(w, _)| w as usize);
         Params {
-            window: self.window,
+            window: self.window.max(reorder + 1),
             reply_timeout: std::time::Duration::from_millis(self.reply_timeout_ms),
             deadline: std::time::Duration::from_secs(60),
         }
