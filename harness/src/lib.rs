@@ -7,10 +7,12 @@
 //! - [`workload`]: the seeded messages a campaign sends.
 //! - [`proxy`]: `chopstick proxy`, a TCP relay applying plans to either direction.
 //! - [`report`]: summary table, JSON and JUnit.
+//! - [`udp`]: datagram faults, the UDP relay and `check --udp`.
 
 pub mod campaign;
 pub mod chaos;
 pub mod codec;
 pub mod proxy;
 pub mod report;
+pub mod udp;
 pub mod workload;

@@ -12,4 +12,5 @@ pub mod echo;
 pub mod exec;
 pub mod file;
 pub mod server;
+pub mod udp;
 pub mod wire;
