@@ -14,6 +14,7 @@ use harness::campaign::payload::preview;
 use harness::campaign::repro::Reproducer;
 use harness::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
 use harness::chaos::FaultSet;
+use harness::proxy::FaultDirection;
 use harness::report::{Report, Row};
 use harness::workload::{Mode, Workload};
 use targets::server::{self, Common};
@@ -37,6 +38,40 @@ enum Command {
     Check(CheckArgs),
     /// Run a reproducer file again: exit 1 while the bug is there, 0 once fixed.
     Replay(ReplayArgs),
+    /// A relay applying faults to what it passes on, for any client and server
+    /// (TCP; with --udp, datagrams). Loopback upstreams only.
+    Proxy(ProxyArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The server to relay to (loopback only).
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Framing of the relayed stream, so faults cut at frame boundaries (TCP only).
+    #[arg(long)]
+    framing: Option<Framing>,
+    /// Faults: TCP `split`, `boundary`, `coalesce`, `disconnect`, `latency`, `bandwidth`,
+    /// `slow`, `mixed` (comma-separated, combined); with --udp `loss:p=0.1`, `dup:p=0.05`,
+    /// `reorder:window=4:p=0.2`, `delay:us=1000:jitter_us=500`, `truncate:size=512`.
+    #[arg(long, default_value = "")]
+    faults: String,
+    /// Which way faults apply: up (client to server), down, or both.
+    #[arg(long, default_value = "both")]
+    direction: FaultDirection,
+    /// Master seed (default: random, printed); connection i uses a seed derived from it.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Relay datagrams instead of a byte stream.
+    #[arg(long)]
+    udp: bool,
+    /// Minimum pause between the pieces of a split write, in milliseconds (shorter
+    /// pauses let the kernel merge pieces again on loopback).
+    #[arg(long, default_value_t = 1.0)]
+    min_pause_ms: f64,
 }
 
 #[derive(Args, Debug)]
@@ -55,8 +90,16 @@ struct CheckArgs {
     framing: Framing,
     /// How replies are judged: echo, upper (ASCII a-z upper-cased) or differential
     /// (equal to an unfaulted run's replies).
+    /// (with --udp: echo, upper or time).
     #[arg(long, default_value = "echo")]
-    oracle: harness::campaign::OracleKind,
+    oracle: String,
+    /// Check a UDP server: tagged datagrams, judged for loss, duplication, reordering,
+    /// truncation and corruption.
+    #[arg(long)]
+    udp: bool,
+    /// Datagrams to send (--udp).
+    #[arg(long, default_value_t = 200)]
+    datagrams: usize,
     #[command(flatten)]
     campaign: CampaignArgs,
 }
@@ -75,8 +118,10 @@ struct CampaignArgs {
     max_size: usize,
     /// Fault profiles, one report row each, comma-separated; `+` combines faults in one
     /// profile, `:k=v` sets options (e.g. `split:max=8,disconnect:mode=reset+split`).
-    #[arg(long, default_value = "split,boundary,coalesce,disconnect,mixed")]
-    faults: String,
+    /// Default: split,boundary,coalesce,disconnect,mixed (with --udp: one combined
+    /// datagram fault list, default loss, dup, reorder and delay).
+    #[arg(long)]
+    faults: Option<String>,
     /// Master seed (default: random, printed). The same seed gives the same run.
     #[arg(long)]
     seed: Option<u64>,
@@ -149,6 +194,22 @@ enum ServerCmd {
         common: CommonArgs,
         #[command(flatten)]
         file: FileArgs,
+    },
+    /// UDP echo or time service (`--mode`); a datagram larger than --max-datagram is
+    /// reported as truncated, never served cut.
+    Udp {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// echo: reply with the same bytes; time: the request is a strftime format.
+        #[arg(long, default_value = "echo")]
+        mode: targets::udp::Mode,
+        /// Reply transform for echo.
+        #[arg(long, value_enum, default_value_t = TransformArg::None)]
+        transform: TransformArg,
+        /// Largest datagram served (at most 65507).
+        #[arg(long, value_parser = size_arg, default_value = "65507")]
+        max_datagram: usize,
     },
     /// HMAC-SHA256 challenge-response, then an inner protocol. Key from --key-file or
     /// the CHOPSTICK_KEY environment variable, never the command line.
@@ -268,14 +329,10 @@ impl CommonArgs {
 
 impl EchoArgs {
     fn config(&self, common: Common) -> echo::Config {
-        let transform = match self.transform {
-            TransformArg::None => echo::Transform::None,
-            TransformArg::Upper => echo::Transform::Upper,
-        };
         echo::Config {
             common,
             framing: self.framing,
-            transform,
+            transform: self.transform.into(),
         }
     }
 }
@@ -325,6 +382,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Serve(args) => serve(args.server).await.map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args).await,
         Command::Replay(args) => replay(args).await,
+        Command::Proxy(args) => proxy(args).await,
     }
 }
 
@@ -359,6 +417,12 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
         | ServerCmd::Exec { common, .. }
         | ServerCmd::File { common, .. }
         | ServerCmd::Auth { common, .. } => common,
+        ServerCmd::Udp {
+            listen,
+            mode,
+            transform,
+            max_datagram,
+        } => return serve_udp(*listen, *mode, *transform, *max_datagram).await,
     };
     let listener = server::bind(common.listen, common.backlog)
         .with_context(|| format!("cannot listen on {}", common.listen))?;
@@ -367,6 +431,7 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
     // Everything that can refuse to serve is checked before the port is announced, so
     // `listening on` always means a server that is serving.
     let ready = match cmd {
+        ServerCmd::Udp { .. } => unreachable!("handled above"),
         ServerCmd::Echo { echo, .. } => Ready::Echo(echo.config(config)),
         ServerCmd::Exec { exec, .. } => {
             server::require_loopback(&listener, "exec")?;
@@ -438,6 +503,8 @@ impl CampaignArgs {
 
     fn profiles(&self) -> Result<Vec<Profile>> {
         self.faults
+            .as_deref()
+            .unwrap_or("split,boundary,coalesce,disconnect,mixed")
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
@@ -525,6 +592,10 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     let c = &args.campaign;
     let seed = c.seed();
     eprintln!("chopstick check: seed {seed}");
+    if args.udp {
+        return check_udp(&args, seed).await;
+    }
+    let oracle: OracleKind = args.oracle.parse().map_err(anyhow::Error::msg)?;
     let (target, target_name) = match (&args.connect, &args.spawn) {
         (Some(addr), _) => (TargetSpec::Connect(*addr), addr.to_string()),
         (None, Some(cmd)) => (TargetSpec::Spawn(cmd.clone()), spawn_name(cmd)),
@@ -533,7 +604,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     let config = CheckConfig {
         target,
         target_name,
-        case: c.case_config(args.framing, args.oracle)?,
+        case: c.case_config(args.framing, oracle)?,
         workload: Workload {
             connections: c.connections,
             messages: c.messages,
@@ -572,6 +643,13 @@ fn header_width(framing: &Framing) -> usize {
 }
 
 async fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let json: serde_json::Value = std::fs::read(&args.file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if harness::udp::repro::is_udp_reproducer(&json) {
+        return replay_udp(&args.file, args.attempts).await;
+    }
     let r = Reproducer::read(&args.file)?;
     println!(
         "replaying {}: seed {} conn {}, {} {} with {}, {} messages, plan `{}`",
@@ -608,5 +686,130 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
             println!("passes ({} attempts): fixed", outcome.attempts);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn serve_udp(
+    listen: SocketAddr,
+    mode: targets::udp::Mode,
+    transform: TransformArg,
+    max_datagram: usize,
+) -> Result<()> {
+    let socket =
+        targets::udp::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let config = targets::udp::Config {
+        mode,
+        transform: transform.into(),
+        max_datagram,
+        ..targets::udp::Config::default()
+    };
+    println!("listening on {}", socket.local_addr()?);
+    targets::udp::run(socket, config, shutdown_signal())
+        .await
+        .context("server stopped")
+}
+
+impl From<TransformArg> for echo::Transform {
+    fn from(t: TransformArg) -> echo::Transform {
+        match t {
+            TransformArg::None => echo::Transform::None,
+            TransformArg::Upper => echo::Transform::Upper,
+        }
+    }
+}
+
+async fn proxy(args: ProxyArgs) -> Result<ExitCode> {
+    if !args.upstream.ip().is_loopback() {
+        bail!(
+            "--upstream {} is not loopback; chopstick only sends traffic to this machine",
+            args.upstream
+        );
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    eprintln!("chopstick proxy: seed {seed}");
+    if args.udp {
+        let socket = tokio::net::UdpSocket::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let mut config = harness::udp::RelayConfig::new(args.upstream);
+        config.faults = args.faults.parse().context("--faults")?;
+        config.seed = seed;
+        config.direction = args.direction;
+        println!("listening on {}", socket.local_addr()?);
+        let stats = harness::udp::relay::run(socket, config, shutdown_signal()).await?;
+        eprintln!("{stats:?}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let listener = server::bind(args.listen, 1024)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut config = harness::proxy::ProxyConfig::new(args.upstream);
+    config.framing = args.framing;
+    config.faults = args.faults.replace('+', ",").parse().context("--faults")?;
+    config.direction = args.direction;
+    config.seed = seed;
+    config.min_pause = secs(args.min_pause_ms / 1000.0, "min-pause-ms")?;
+    // `coalesce` can only merge frames the relay holds back; hold a few when it is asked for.
+    if args.faults.contains("coalesce") || args.faults.contains("mixed") {
+        config.hold.frames = config.hold.frames.max(4);
+    }
+    println!("listening on {}", listener.local_addr()?);
+    harness::proxy::run(listener, config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check_udp(args: &CheckArgs, seed: u64) -> Result<ExitCode> {
+    use harness::udp::{UdpCheckConfig, UdpTarget};
+    let target = match (&args.connect, &args.spawn) {
+        (Some(addr), _) => UdpTarget::Connect(*addr),
+        (None, Some(cmd)) => UdpTarget::Spawn(cmd.clone()),
+        (None, None) => unreachable!("clap requires one of --connect/--spawn"),
+    };
+    let mut config = UdpCheckConfig::new(target, args.oracle.parse()?);
+    let faults = args
+        .campaign
+        .faults
+        .as_deref()
+        .unwrap_or("loss:p=0.05,dup:p=0.05,reorder:window=4:p=0.2,delay:us=1000:jitter_us=500");
+    config.faults = faults.parse().context("--faults")?;
+    config.seed = seed;
+    config.datagrams = args.datagrams;
+    config.max_size = args
+        .campaign
+        .max_size
+        .min(config.max_size.max(args.campaign.max_size.min(65507)));
+    config.artifacts = Some(args.campaign.artifacts.clone());
+    let report = match harness::udp::run_check(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chopstick check: target unusable: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    print!("{}", report.summary());
+    if let Some(path) = &args.campaign.json {
+        harness::report::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
+}
+
+async fn replay_udp(path: &std::path::Path, attempts: usize) -> Result<ExitCode> {
+    let r = harness::udp::UdpReproducer::read(path)?;
+    println!("replaying {} (udp)", path.display());
+    let outcome = match harness::udp::replay(&r, attempts).await {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("chopstick replay: target unusable: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for f in &outcome.failures {
+        println!("  {f:?}");
+    }
+    if outcome.confirmed {
+        println!("STILL FAILS ({} attempts)", outcome.attempts);
+        Ok(ExitCode::from(1))
+    } else {
+        println!("passes ({} attempts): fixed", outcome.attempts);
+        Ok(ExitCode::SUCCESS)
     }
 }

@@ -106,7 +106,10 @@ impl fmt::Debug for PlanSource {
 }
 
 /// Which directions of each connection get faults (`--direction up|down|both`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum FaultDirection {
     /// Client to upstream only.
     Up,

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,46 +32,7 @@ const RECV_BUF: usize = 65_536;
 /// Idle sessions are swept this often.
 const SWEEP: Duration = Duration::from_millis(500);
 
-/// Which directions get faults.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum FaultDirection {
-    /// Client to server only.
-    #[default]
-    Up,
-    /// Server to client only.
-    Down,
-    Both,
-}
-
-impl FaultDirection {
-    fn covers(self, dir: Direction) -> bool {
-        matches!(
-            (self, dir),
-            (FaultDirection::Both, _)
-                | (FaultDirection::Up, Direction::Up)
-                | (FaultDirection::Down, Direction::Down)
-        )
-    }
-}
-
-/// A `--direction` other than up, down or both.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown direction `{0}` (expected up, down or both)")]
-pub struct DirectionParseError(pub String);
-
-impl FromStr for FaultDirection {
-    type Err = DirectionParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "up" => Ok(FaultDirection::Up),
-            "down" => Ok(FaultDirection::Down),
-            "both" => Ok(FaultDirection::Both),
-            _ => Err(DirectionParseError(s.into())),
-        }
-    }
-}
+pub use crate::proxy::{DirectionParseError, FaultDirection};
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -284,7 +244,7 @@ pub async fn run(
         let slot = &mut index[usize::from(dir == Direction::Down)];
         let n = *slot;
         *slot += 1;
-        if config.direction.covers(dir) {
+        if config.direction.applies_to(dir) {
             (n, config.faults.fate(config.seed, dir, n))
         } else {
             (n, Fate::CLEAN)
@@ -430,9 +390,9 @@ mod tests {
     fn direction_parses_and_covers() {
         assert_eq!("both".parse::<FaultDirection>(), Ok(FaultDirection::Both));
         assert!("sideways".parse::<FaultDirection>().is_err());
-        assert!(FaultDirection::Up.covers(Direction::Up));
-        assert!(!FaultDirection::Up.covers(Direction::Down));
-        assert!(FaultDirection::Both.covers(Direction::Down));
+        assert!(FaultDirection::Up.applies_to(Direction::Up));
+        assert!(!FaultDirection::Up.applies_to(Direction::Down));
+        assert!(FaultDirection::Both.applies_to(Direction::Down));
     }
 
     #[tokio::test]
