@@ -2,6 +2,7 @@
 //! `fuzz/regressions/TARGET/*` go through the same bodies as the cargo-fuzz targets
 //! (`targets::fuzzing`), decoded exactly as libfuzzer-sys decodes them.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use targets::fuzzing;
@@ -49,7 +50,11 @@ fn replay(kind: &str) -> (usize, usize) {
             skipped += 1;
         }
     }
-    println!("replayed {ran} {kind} files ({skipped} skipped as libfuzzer-sys would)");
+    // Straight to the stream, past the test harness's capture, so `cargo test` shows it.
+    let _ = writeln!(
+        std::io::stderr(),
+        "fuzz_corpus: replayed {ran} {kind} files ({skipped} skipped as libfuzzer-sys would)"
+    );
     (ran, skipped)
 }
 
@@ -70,13 +75,17 @@ fn regressions_replay_cleanly() {
 fn seeds_are_committed() {
     let write = std::env::var_os("CHOPSTICK_WRITE_SEEDS").is_some();
     for (target, name, bytes) in fuzzing::seeds() {
-        let path = fuzz_dir().join("corpus").join(target).join(format!("seed-{name}"));
+        let path = fuzz_dir()
+            .join("corpus")
+            .join(target)
+            .join(format!("seed-{name}"));
         if write {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &bytes).unwrap();
         }
-        let committed = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with CHOPSTICK_WRITE_SEEDS=1)", path.display()));
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (run with CHOPSTICK_WRITE_SEEDS=1)", path.display())
+        });
         assert_eq!(committed, bytes, "{} is stale", path.display());
     }
 }
@@ -86,7 +95,14 @@ fn every_fuzz_target_has_a_body() {
     let dir = fuzz_dir().join("fuzz_targets");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("fuzz/fuzz_targets")
-        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     files.sort();
     let mut known: Vec<String> = fuzzing::TARGETS.iter().map(|t| t.0.to_string()).collect();

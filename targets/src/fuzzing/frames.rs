@@ -87,6 +87,8 @@ pub struct FrameDecodeInput {
 pub struct HjsonDecodeInput {
     /// The codec's `max` (largest body).
     pub max: u16,
+    /// Bit 0: the tail is a list of frames to build (see [`hjson_frames`]), not raw bytes.
+    pub mode: u8,
     pub chunks: [u8; 8],
     pub cut: u16,
     pub data: Rest,
@@ -129,7 +131,13 @@ pub fn frame_decode(input: FrameDecodeInput) {
 /// [`HjsonCodec`] itself, whose frames carry the header too.
 pub fn hjson_decode(input: HjsonDecodeInput) {
     let max = usize::from(input.max);
-    let data = &input.data.0;
+    let built;
+    let data = if input.mode & 1 != 0 {
+        built = hjson_frames(&input.data.0);
+        &built
+    } else {
+        &input.data.0
+    };
     let body_len = |f: &HjsonFrame| f.body.len();
 
     #[cfg(feature = "planted-bugs")]
@@ -169,6 +177,23 @@ pub fn hjson_decode(input: HjsonDecodeInput) {
         assert!(again.header.keys().eq(frame.header.keys()));
         assert!(encoded.is_empty(), "re-encoded frame left bytes behind");
     }
+}
+
+/// Structure-aware hjson: the tail is 0xFF-separated pieces, each a little-endian u32
+/// `size` (4 bytes) then the body actually sent; each becomes `{"size":N}` plus that body,
+/// so declared and real lengths disagree as often as they agree.
+pub fn hjson_frames(tail: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in tail.split(|&b| b == 0xff) {
+        let mut size = [0u8; 4];
+        let n = piece.len().min(4);
+        size[..n].copy_from_slice(&piece[..n]);
+        let header = format!(r#"{{"size":{}}}"#, u32::from_le_bytes(size));
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&piece[n..]);
+    }
+    out
 }
 
 /// How one decoding went: the frames, the stream offset at which each ended, and how the
@@ -305,9 +330,14 @@ fn check_reencodes(framing: Framing, data: &[u8], frames: &[Bytes]) {
     assert_eq!(encoded.len(), data.len(), "re-encoded length differs");
     let mut expected = data.to_vec();
     for l in &layouts {
-        expected[l.start..l.length_field.start].copy_from_slice(&encoded[l.start..l.length_field.start]);
+        expected[l.start..l.length_field.start]
+            .copy_from_slice(&encoded[l.start..l.length_field.start]);
     }
-    assert_eq!(&encoded[..], &expected[..], "re-encoding differs from the input");
+    assert_eq!(
+        &encoded[..],
+        &expected[..],
+        "re-encoding differs from the input"
+    );
 }
 
 fn frame_seed(spec: SpecInput, chunks: [u8; 8], cut: u16, data: &[u8]) -> Vec<u8> {
@@ -343,6 +373,7 @@ pub(crate) fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     two_hjson.extend(hjson(r#"{"op":"get","name":"a","size":0}"#, b""));
     let hjson_input = |max: u16, chunks: [u8; 8], cut: u16, data: &[u8]| {
         let mut b = max.to_le_bytes().to_vec();
+        b.push(0);
         b.extend_from_slice(&chunks);
         b.extend_from_slice(&cut.to_le_bytes());
         b.extend_from_slice(data);
@@ -420,6 +451,14 @@ pub(crate) fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "two-frames",
             hjson_input(64, mixed, 11, &two_hjson),
         ),
+        ("hjson_decode", "structured", {
+            // max 8, structured: sizes 3 (body "abc"), 0, then 2 with 1 byte (truncated).
+            let mut b = vec![8, 0, 1];
+            b.extend_from_slice(&mixed);
+            b.extend_from_slice(&5u16.to_le_bytes());
+            b.extend_from_slice(b"\x03\0\0\0abc\xff\xff\x02\0\0\0z");
+            b
+        }),
         (
             "hjson_decode",
             "size-over-max",

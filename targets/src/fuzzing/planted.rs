@@ -50,7 +50,10 @@ pub fn chosen() -> Option<Bug> {
     *CHOSEN.get_or_init(|| {
         let name = std::env::var("CHOPSTICK_PLANTED").ok()?;
         let bug = BUGS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
-        assert!(bug.is_some(), "unknown CHOPSTICK_PLANTED={name:?}; known: {BUGS:?}");
+        assert!(
+            bug.is_some(),
+            "unknown CHOPSTICK_PLANTED={name:?}; known: {BUGS:?}"
+        );
         bug
     })
 }
@@ -64,7 +67,9 @@ pub fn frame_codec(framing: Framing) -> PlantedFrame {
             let max = (spec.max as u64 + 1).min(spec.payload_limit()) as usize;
             FrameCodec::Length(LengthCodec::new(LengthSpec { max, ..spec }))
         }
-        (Some(Bug::FrameMaxOffByOne), Framing::Line { max }) => Framing::Line { max: max + 1 }.codec(),
+        (Some(Bug::FrameMaxOffByOne), Framing::Line { max }) => {
+            Framing::Line { max: max + 1 }.codec()
+        }
         (Some(Bug::FrameMaxOffByOne), Framing::Hjson { max }) => {
             Framing::Hjson { max: max + 1 }.codec()
         }
@@ -258,7 +263,9 @@ pub(crate) fn parse_exec_request(
 /// The file name validator; with `file-dotdot`, a copy that refuses `..` only first.
 pub fn validate_name(name: &str) -> Result<(), String> {
     if chosen() != Some(Bug::FileDotDot) {
-        return crate::file::validate(name).map(|_| ()).map_err(|e| e.to_string());
+        return crate::file::validate(name)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
     }
     if name.is_empty() || name.len() > crate::file::names::MAX_NAME || name.starts_with('/') {
         return Err("empty, too long or absolute".into());

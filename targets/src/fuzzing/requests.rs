@@ -80,7 +80,10 @@ pub fn exec_request(input: ExecRequestInput) {
     let expected = exec_rules(&header, &config);
     match (result, expected) {
         (Ok(accepted), Ok(argv)) => {
-            assert_eq!(accepted.argv, argv, "the argv run is not the argv asked for");
+            assert_eq!(
+                accepted.argv, argv,
+                "the argv run is not the argv asked for"
+            );
             let program = &accepted.program;
             assert!(program.is_absolute(), "{program:?}");
             assert_eq!(
@@ -148,7 +151,12 @@ fn exec_header(input: &ExecRequestInput, config: &exec::Config) -> Option<Map<St
     }
     let last = argv.last().cloned().unwrap_or_default();
     argv.extend(std::iter::repeat_n(last, usize::from(input.repeat) % 512));
-    Some(json!({ "argv": argv }).as_object().cloned().unwrap_or_default())
+    Some(
+        json!({ "argv": argv })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    )
 }
 
 /// The exec module's documented rules, written out again: `Ok(argv)` if acceptable.
@@ -184,14 +192,24 @@ pub fn file_request(input: FileRequestInput) {
         return;
     }
     let result = names::validate(&name);
-    check_name(&name, result.is_ok(), result.as_ref().err().map(|e| e.to_string()));
+    check_name(
+        &name,
+        result.is_ok(),
+        result.as_ref().err().map(|e| e.to_string()),
+    );
     if let Ok(valid) = result {
         assert_eq!(valid.as_str(), name);
-        assert_eq!(valid.components().collect::<Vec<_>>(), name.split('/').collect::<Vec<_>>());
+        assert_eq!(
+            valid.components().collect::<Vec<_>>(),
+            name.split('/').collect::<Vec<_>>()
+        );
         let root = fixture_root();
         if let Ok((_, body)) = store::get(root, &valid, 1 << 16) {
             assert_ne!(body, SECRET, "{name:?} read a file outside the root");
-            let real = root.join(&name).canonicalize().expect("a file just read exists");
+            let real = root
+                .join(&name)
+                .canonicalize()
+                .expect("a file just read exists");
             assert!(
                 real.starts_with(root.canonicalize().expect("fixture root")),
                 "{name:?} resolved to {real:?}, outside the root"
@@ -207,7 +225,10 @@ fn check_name(name: &str, accepted: bool, refusal: Option<String>) {
     match (accepted, &rules) {
         (true, Ok(())) => {}
         (false, Err(_)) => {
-            assert!(refusal.is_some_and(|r| !r.is_empty()), "refused without a reason")
+            assert!(
+                refusal.is_some_and(|r| !r.is_empty()),
+                "refused without a reason"
+            )
         }
         (true, Err(rule)) => panic!("accepted {name:?} although the rules refuse it: {rule}"),
         (false, Ok(())) => panic!("refused {name:?}, which the rules allow: {refusal:?}"),
@@ -215,14 +236,22 @@ fn check_name(name: &str, accepted: bool, refusal: Option<String>) {
     if accepted {
         let root = Path::new("/srv/root");
         let mut depth = 0i64;
-        for c in root.join(name).strip_prefix(root).unwrap_or(Path::new("/")).components() {
+        for c in root
+            .join(name)
+            .strip_prefix(root)
+            .unwrap_or(Path::new("/"))
+            .components()
+        {
             depth += match c {
                 Component::Normal(_) => 1,
                 Component::CurDir => 0,
                 Component::ParentDir => -1,
                 Component::RootDir | Component::Prefix(_) => i64::MIN / 2,
             };
-            assert!(depth >= 0, "accepted name {name:?} resolves outside the root");
+            assert!(
+                depth >= 0,
+                "accepted name {name:?} resolves outside the root"
+            );
         }
         assert!(
             root.join(name).starts_with(root),
@@ -274,7 +303,8 @@ const SECRET: &[u8] = b"outside the root";
 fn fixture_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let base = std::env::temp_dir().join(format!("chopstick-fuzz-names-{}", std::process::id()));
+        let base =
+            std::env::temp_dir().join(format!("chopstick-fuzz-names-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("root");
         let outside = base.join("outside");
@@ -293,18 +323,46 @@ pub(crate) fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let exec_json = |json: &str| [&[0u8, 0, 0][..], json.as_bytes()].concat();
     let file_text = |name: &str| [&[1u8][..], name.as_bytes()].concat();
     vec![
-        ("exec_request", "echo", exec_json(r#"{"argv":["echo","hi"],"size":0}"#)),
-        ("exec_request", "shell", exec_json(r#"{"argv":["sh","-c","id"]}"#)),
-        ("exec_request", "path", exec_json(r#"{"argv":["/bin/echo","x"]}"#)),
+        (
+            "exec_request",
+            "echo",
+            exec_json(r#"{"argv":["echo","hi"],"size":0}"#),
+        ),
+        (
+            "exec_request",
+            "shell",
+            exec_json(r#"{"argv":["sh","-c","id"]}"#),
+        ),
+        (
+            "exec_request",
+            "path",
+            exec_json(r#"{"argv":["/bin/echo","x"]}"#),
+        ),
         ("exec_request", "empty", exec_json(r#"{"argv":[]}"#)),
-        ("exec_request", "nul", exec_json(r#"{"argv":["echo","a\u0000b"]}"#)),
-        ("exec_request", "not-strings", exec_json(r#"{"argv":["seq",1,2]}"#)),
+        (
+            "exec_request",
+            "nul",
+            exec_json(r#"{"argv":["echo","a\u0000b"]}"#),
+        ),
+        (
+            "exec_request",
+            "not-strings",
+            exec_json(r#"{"argv":["seq",1,2]}"#),
+        ),
         // argv mode, argv[0] allow-listed, 255 copies of the last argument (256 in all).
-        ("exec_request", "many-args", [&[3u8, 0xff, 0][..], b"x\xffarg"].concat()),
+        (
+            "exec_request",
+            "many-args",
+            [&[3u8, 0xff, 0][..], b"x\xffarg"].concat(),
+        ),
         ("file_request", "nested", file_text("a/b/c.txt")),
         ("file_request", "dotdot", file_text("a/../../etc/passwd")),
         ("file_request", "absolute", file_text("/etc/passwd")),
-        ("file_request", "through-symlink", file_text("escape/secret")),
+        (
+            "file_request",
+            "through-symlink",
+            file_text("escape/secret"),
+        ),
         ("file_request", "symlink-file", file_text("leak")),
         ("file_request", "inside", file_text("sub/f")),
         ("file_request", "components", vec![0, 5, 0xff, 0, 0xff, 3]),

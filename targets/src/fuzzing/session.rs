@@ -134,13 +134,20 @@ pub fn auth_handshake(input: AuthHandshakeInput) {
             _ => raw_answer[..raw_answer.len().min(DIGEST_LEN)].to_vec(),
         };
         let sent = answer.len().min(usize::from(input.send));
-        bounded("answer", write_chunked(&mut client, &answer[..sent], &input.chunks)).await;
+        bounded(
+            "answer",
+            write_chunked(&mut client, &answer[..sent], &input.chunks),
+        )
+        .await;
 
         if sent < DIGEST_LEN {
             client.shutdown().await.expect("half-close");
             let mut rest = Vec::new();
             let _ = bounded("reading after EOF", client.read_to_end(&mut rest)).await;
-            assert!(rest.is_empty(), "a verdict {rest:?} for a {sent}-byte answer");
+            assert!(
+                rest.is_empty(),
+                "a verdict {rest:?} for a {sent}-byte answer"
+            );
             match barrier(task, "short answer").await {
                 Err(ConnError::Wire(WireError::Truncated { received })) if received == sent => {}
                 other => panic!("a {sent}-byte answer then EOF ended {other:?}"),
@@ -164,7 +171,10 @@ pub fn auth_handshake(input: AuthHandshakeInput) {
                 .await
                 .expect("send to the inner echo");
             let reply = bounded("echo reply", frames.next()).await;
-            assert_eq!(reply.map(|r| r.ok()), Some(Some(Bytes::from_static(b"ping"))));
+            assert_eq!(
+                reply.map(|r| r.ok()),
+                Some(Some(Bytes::from_static(b"ping")))
+            );
             drop(frames);
             barrier(task, "accepted session")
                 .await
@@ -242,7 +252,10 @@ impl Kit {
             auth: auth::Config {
                 common: common(),
                 handshake_timeout: DEADLINE,
-                ..auth::Config::new(KEY_SEED.to_vec(), Inner::Echo(echo_config(Framing::default())))
+                ..auth::Config::new(
+                    KEY_SEED.to_vec(),
+                    Inner::Echo(echo_config(Framing::default())),
+                )
             },
         }
     }
@@ -392,8 +405,17 @@ async fn well_formed_session(kit: &Kit, server: Server) {
             let mut frames = Framed::new(client, HjsonCodec::new(MAX_FRAME));
             let request = HjsonFrame::new(json!({"argv": ["echo", "ok"]}), Bytes::new());
             frames.send(request).await.expect("send exec request");
-            let reply = frames.next().await.expect("an exec reply").expect("a reply frame");
-            assert_eq!(reply.header.get("exit"), Some(&json!(0)), "{:?}", reply.header);
+            let reply = frames
+                .next()
+                .await
+                .expect("an exec reply")
+                .expect("a reply frame");
+            assert_eq!(
+                reply.header.get("exit"),
+                Some(&json!(0)),
+                "{:?}",
+                reply.header
+            );
             assert_eq!(&reply.body[..], b"ok\n");
         }
         Server::File => {
@@ -411,8 +433,17 @@ async fn well_formed_session(kit: &Kit, server: Server) {
                     .send(HjsonFrame::new(header, frame_body))
                     .await
                     .expect("send file request");
-                let reply = frames.next().await.expect("a file reply").expect("a reply frame");
-                assert_eq!(reply.header.get("ok"), Some(&json!(true)), "{:?}", reply.header);
+                let reply = frames
+                    .next()
+                    .await
+                    .expect("a file reply")
+                    .expect("a reply frame");
+                assert_eq!(
+                    reply.header.get("ok"),
+                    Some(&json!(true)),
+                    "{:?}",
+                    reply.header
+                );
                 if i == 1 {
                     assert_eq!(reply.body, body);
                 }
@@ -435,7 +466,11 @@ async fn echo_round_trip<S: AsyncRead + AsyncWrite + Unpin>(stream: S, framing: 
         frames.send(p.clone()).await.expect("send echo frame");
     }
     for p in &payloads {
-        let reply = frames.next().await.expect("an echo reply").expect("a reply frame");
+        let reply = frames
+            .next()
+            .await
+            .expect("an echo reply")
+            .expect("a reply frame");
         assert_eq!(&reply, p);
     }
 }
@@ -466,13 +501,21 @@ pub(crate) fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("auth_handshake", "right", auth(0, 32, [1, 5, 0, 31], key)),
         ("auth_handshake", "flipped", auth(1, 32, [32, 0, 0, 0], key)),
         ("auth_handshake", "short", auth(0, 17, [3, 3, 3, 3], key)),
-        ("auth_handshake", "raw", auth(2, 40, [8, 8, 8, 8], &[key, &[0x5a; 32][..]].concat())),
+        (
+            "auth_handshake",
+            "raw",
+            auth(2, 40, [8, 8, 8, 8], &[key, &[0x5a; 32][..]].concat()),
+        ),
         (
             "server_session",
             "echo-u32be",
             session(0, 0, 4, 0, b"\0\0\0\x05hello\0\0\0\0\0\0\0\x01!"),
         ),
-        ("server_session", "echo-line-cut", session(0, 2, 0, 9, b"one\ntwo\nthree\n")),
+        (
+            "server_session",
+            "echo-line-cut",
+            session(0, 2, 0, 9, b"one\ntwo\nthree\n"),
+        ),
         (
             "server_session",
             "echo-hjson-drop",
@@ -522,6 +565,10 @@ pub(crate) fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "auth-then-echo",
             session(3, 0, 6, 0, b"\0\0\0\x02hi"),
         ),
-        ("server_session", "auth-garbage", session(3, 0, 0, 33, &[7; 40])),
+        (
+            "server_session",
+            "auth-garbage",
+            session(3, 0, 0, 33, &[7; 40]),
+        ),
     ]
 }
