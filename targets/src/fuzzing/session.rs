@@ -39,10 +39,25 @@ const MAX_FRAME: usize = 64 * 1024;
 const KEY_SEED: &[u8] = b"chopstick-fuzz-key";
 
 thread_local! {
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    static RUNTIME: tokio::runtime::Runtime = {
+        ignore_sigpipe();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    };
+}
+
+/// Does what Rust's own `main` does before any Rust binary runs: SIGPIPE is ignored, so
+/// a write to a closed pipe is an `EPIPE` error. A fuzz target's `main` is libFuzzer's
+/// (C), which leaves the default action, and the exec server writing stdin to a child
+/// that already exited would kill the whole fuzzer (found by `server_session`).
+fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no memory-safety preconditions and is
+    // what the Rust runtime itself does at startup.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
 }
 
 fn block_on<F: Future>(f: F) -> F::Output {
