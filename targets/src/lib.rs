@@ -11,6 +11,8 @@ pub mod auth;
 pub mod echo;
 pub mod exec;
 pub mod file;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod server;
 pub mod udp;
 pub mod wire;

@@ -246,7 +246,7 @@ async fn send<S: AsyncWrite + Unpin>(
 
 /// Why a request is refused; the text goes to the client in `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Refusal(String);
+pub(crate) struct Refusal(pub(crate) String);
 
 impl Refusal {
     fn reply(self) -> HjsonFrame {
@@ -264,7 +264,8 @@ fn quoted(s: &str) -> String {
 }
 
 /// Validates a request against the allow-list and limits and resolves the program.
-fn parse_request(
+/// (`pub(crate)` for the `exec_request` fuzz body in `crate::fuzzing`.)
+pub(crate) fn parse_request(
     request: &HjsonFrame,
     config: &Config,
     output_cap: usize,

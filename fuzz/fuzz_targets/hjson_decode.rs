@@ -1,0 +1,7 @@
+#![no_main]
+//! See `targets::fuzzing::hjson_decode` for what this target asserts.
+
+use libfuzzer_sys::fuzz_target;
+use targets::fuzzing::{hjson_decode, HjsonDecodeInput};
+
+fuzz_target!(|input: HjsonDecodeInput| hjson_decode(input));
