@@ -4,7 +4,7 @@
 //! drop messages (in halves, then one by one — the plan's cuts inside a dropped frame
 //! go with it and later cuts shift), merge adjacent writes (a cut removed, with the
 //! pauses at it), and drop pauses. A move is kept only if the case still fails with
-//! the same class. Everything is bounded by an attempt budget.
+//! the same class. Everything is bounded by a run budget and [`DEFAULT_TIME`].
 
 use bytes::Bytes;
 
@@ -13,6 +13,9 @@ use crate::chaos::{Ending, Plan, Step};
 
 /// Runs allowed while shrinking one failure.
 pub const DEFAULT_BUDGET: usize = 80;
+/// Wall time allowed while shrinking one failure: a hang costs a whole reply timeout
+/// per run, so the run budget alone does not bound it.
+pub const DEFAULT_TIME: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// A plan as events at stream offsets: easier to cut and splice than steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,16 +125,18 @@ pub async fn shrink(
     class: FailureClass,
     budget: usize,
 ) -> (Case, CaseResult, usize) {
+    let started = std::time::Instant::now();
     let mut best = (case, first);
     let mut runs = 0;
+    let budget = move |runs: usize| runs < budget && started.elapsed() < DEFAULT_TIME;
     let still_fails = |r: &CaseResult| r.failure.as_ref().is_some_and(|f| f.class == class);
 
     // 1. Fewer messages: try dropping chunks, from half the messages down to one.
     let mut chunk = best.0.messages.len().div_ceil(2);
-    while chunk >= 1 && runs < budget {
+    while chunk >= 1 && budget(runs) {
         let mut start = 0;
         let mut progressed = false;
-        while start < best.0.messages.len() && runs < budget {
+        while start < best.0.messages.len() && budget(runs) {
             let end = (start + chunk).min(best.0.messages.len());
             if let Some(candidate) = without(&best.0, config, start..end) {
                 runs += 1;
@@ -155,7 +160,7 @@ pub async fn shrink(
         .encode_all(&best.0.messages)
         .map_or(0, |(s, _)| s.len());
     let mut i = 0;
-    while runs < budget {
+    while budget(runs) {
         let events = to_events(&best.0.plan);
         if i >= events.len() {
             break;
