@@ -140,6 +140,10 @@ struct CampaignArgs {
     /// Do not shrink failures (reproducers are then the unshrunk cases).
     #[arg(long)]
     no_shrink: bool,
+    /// Seconds allowed for shrinking one failure (a hanging server costs a reply
+    /// timeout per attempt).
+    #[arg(long, default_value_t = 20.0)]
+    shrink_time: f64,
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -616,6 +620,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         artifacts: Some(c.artifacts.clone()),
         shrink: !c.no_shrink,
         shrink_budget: harness::campaign::shrink::DEFAULT_BUDGET,
+        shrink_time: secs(c.shrink_time, "shrink-time")?,
     };
     let mut report = Report::new(seed);
     if let Err(e) = harness::campaign::check::check(&config, &mut bar(), &mut report).await {

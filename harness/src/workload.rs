@@ -38,9 +38,21 @@ impl Workload {
     pub fn messages(&self, seed: u64, conn: u64) -> Vec<Bytes> {
         // Independent of the plan RNGs, so changing a fault never changes the messages.
         let mut rng = purpose_rng(seed, &format!("workload/{conn}"));
-        (0..self.messages)
+        let n = self.messages;
+        (0..n)
             .map(|i| {
-                let len = self.draw_size(&mut rng);
+                // Every connection of 4+ messages carries each edge size at least once, at
+                // a position that moves with the connection; the rest are drawn.
+                let edge = (i + n - (conn as usize % n.max(1))) % n.max(1);
+                let len = match edge {
+                    0 if n >= 4 => 0,
+                    1 if n >= 4 => 1.min(self.max_size),
+                    2 if n >= 4 => self.header_width.min(self.max_size),
+                    3 if n >= 4 => rng
+                        .random_range((self.max_size / 2).max(1)..=self.max_size.max(1))
+                        .min(self.max_size),
+                    _ => self.draw_size(&mut rng),
+                };
                 message(&mut rng, conn, i, len)
             })
             .collect()
@@ -109,5 +121,21 @@ mod tests {
         assert!(sizes.iter().any(|&s| s >= 1 << 19), "no large message");
         assert!(sizes.iter().all(|&s| s <= 1 << 20));
         assert!(w(10).messages(1, 0).iter().all(|m| m.len() <= 10));
+    }
+
+    #[test]
+    fn every_connection_of_four_messages_has_the_edge_sizes() {
+        let w = Workload {
+            connections: 1,
+            messages: 4,
+            max_size: 1000,
+            header_width: 4,
+        };
+        for conn in 0..20 {
+            let mut sizes: Vec<usize> = w.messages(9, conn).iter().map(|m| m.len()).collect();
+            sizes.sort_unstable();
+            assert_eq!(&sizes[..3], &[0, 1, 4], "conn {conn}");
+            assert!(sizes[3] >= 500, "conn {conn}: {sizes:?}");
+        }
     }
 }

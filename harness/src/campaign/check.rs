@@ -33,6 +33,8 @@ pub struct CheckConfig {
     /// Shrink and write a reproducer for the first failure of each class per profile.
     pub shrink: bool,
     pub shrink_budget: usize,
+    /// Wall time allowed for shrinking one failure.
+    pub shrink_time: std::time::Duration,
 }
 
 /// Progress callback: called after every connection.
@@ -114,6 +116,7 @@ pub async fn check(
                         result,
                         failure.class,
                         config.shrink_budget,
+                        config.shrink_time,
                     )
                     .await;
                     let failure = small_result.failure.clone().unwrap_or(failure);

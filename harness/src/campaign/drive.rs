@@ -29,6 +29,9 @@ pub struct Timing {
     pub grace: Duration,
     /// Connect timeout.
     pub connect: Duration,
+    /// Least time between two writes. On loopback the kernel merges writes that come
+    /// closer together, so without it a plan's cuts would not reach the peer as cuts.
+    pub min_pause: Duration,
 }
 
 impl Default for Timing {
@@ -37,6 +40,7 @@ impl Default for Timing {
             reply_timeout: Duration::from_secs(3),
             grace: Duration::from_millis(200),
             connect: Duration::from_secs(3),
+            min_pause: Duration::from_millis(1),
         }
     }
 }
@@ -91,6 +95,7 @@ pub async fn drive(
         let mut next_frame = 0usize;
         let mut sent_at = Vec::new();
         let mut ended = false;
+        let mut last_write: Option<tokio::time::Instant> = None;
         for step in &writer_plan.steps {
             match *step {
                 Step::Write(n) => {
@@ -119,6 +124,9 @@ pub async fn drive(
                         } else {
                             end
                         };
+                        if let Some(t) = last_write {
+                            tokio::time::sleep_until(t + timing.min_pause).await;
+                        }
                         // A server that stops reading must not stall us forever.
                         let written = tokio::time::timeout(
                             timing.reply_timeout,
@@ -128,6 +136,7 @@ pub async fn drive(
                         if !matches!(written, Ok(Ok(()))) {
                             return (write, true);
                         }
+                        last_write = Some(tokio::time::Instant::now());
                         start = stop;
                         while next_frame < frame_ends.len() && frame_ends[next_frame] <= start {
                             sent_at.push(Instant::now());

@@ -24,7 +24,8 @@ pub enum FailureClass {
     Truncated,
     /// A reply that no complete request asked for (e.g. to a frame cut mid-way).
     Phantom,
-    /// The server stopped answering: no reply and no close within the deadline.
+    /// The server stopped answering: no reply and no close within the deadline (on the
+    /// faulted connection, or on a fresh one after the fault).
     Hang,
     /// The reply stream does not decode in the framing.
     MalformedReply,
@@ -32,7 +33,7 @@ pub enum FailureClass {
     ServerDied,
     /// A fresh connection was refused after a fault (liveness).
     Refused,
-    /// A fresh connection after a fault was not served correctly in time (liveness).
+    /// A fresh connection after a fault got a wrong reply (liveness).
     Liveness,
 }
 

@@ -296,7 +296,7 @@ pub async fn liveness(target: &mut Target, config: &CaseConfig) -> Result<(), Fa
                     )),
                     (_, None) => Err(dead_or(
                         target,
-                        FailureClass::Liveness,
+                        FailureClass::Hang,
                         format!(
                             "after the fault, a fresh connection was not served within {:?} ({:?})",
                             config.liveness, d.seen.end

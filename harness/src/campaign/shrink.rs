@@ -4,7 +4,8 @@
 //! drop messages (in halves, then one by one — the plan's cuts inside a dropped frame
 //! go with it and later cuts shift), merge adjacent writes (a cut removed, with the
 //! pauses at it), and drop pauses. A move is kept only if the case still fails with
-//! the same class. Everything is bounded by a run budget and [`DEFAULT_TIME`].
+//! the same class. Everything is bounded by a run budget and a wall-time budget
+//! ([`DEFAULT_TIME`] unless the caller says otherwise).
 
 use bytes::Bytes;
 
@@ -124,11 +125,12 @@ pub async fn shrink(
     first: CaseResult,
     class: FailureClass,
     budget: usize,
+    time: std::time::Duration,
 ) -> (Case, CaseResult, usize) {
     let started = std::time::Instant::now();
     let mut best = (case, first);
     let mut runs = 0;
-    let budget = move |runs: usize| runs < budget && started.elapsed() < DEFAULT_TIME;
+    let budget = move |runs: usize| runs < budget && started.elapsed() < time;
     let still_fails = |r: &CaseResult| r.failure.as_ref().is_some_and(|f| f.class == class);
 
     // 1. Fewer messages: try dropping chunks, from half the messages down to one.

@@ -1,0 +1,243 @@
+//! The zoo: deliberately broken receivers (Python and Node, real processes, real
+//! sockets) that `chopstick check` must catch with the right failure class, a
+//! reproducer that `replay` confirms, on each of 5 seeds — and correct servers in other
+//! languages that must pass with zero failures on the same seeds (no false alarms,
+//! including a server that sleeps a few ms per reply).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
+/// Upper bound for one chopstick invocation; nothing may hang CI.
+const DEADLINE: Duration = Duration::from_secs(240);
+
+fn zoo(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/zoo")
+        .join(file)
+        .display()
+        .to_string()
+}
+
+/// Runs the chopstick binary with `args`, killing it at [`DEADLINE`].
+fn chopstick(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chopstick");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("chopstick {args:?} ran longer than {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+struct Checked {
+    code: Option<i32>,
+    report: serde_json::Value,
+    out: String,
+}
+
+/// `chopstick check --spawn CMD` with small, fast settings and a JSON report.
+fn check(cmd: &str, seed: u64, faults: &str, dir: &Path) -> Checked {
+    let json = dir.join(format!("report-{seed}.json"));
+    let seed_s = seed.to_string();
+    let out = chopstick(&[
+        "check",
+        "--spawn",
+        cmd,
+        "--seed",
+        &seed_s,
+        "--connections",
+        "4",
+        "--messages",
+        "8",
+        "--max-size",
+        "256KiB",
+        "--faults",
+        faults,
+        "--liveness",
+        "1",
+        "--reply-timeout",
+        "2",
+        "--shrink-time",
+        "8",
+        "--json",
+        json.to_str().unwrap(),
+        "--artifacts",
+        dir.to_str().unwrap(),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read(&json)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| panic!("no JSON report for `{cmd}` seed {seed}:\n{text}"));
+    Checked {
+        code: out.status.code(),
+        report,
+        out: text,
+    }
+}
+
+/// A broken receiver: every seed must fail with one of `classes`, and the reproducer
+/// of that failure must be confirmed by `replay`.
+fn caught(cmd: &str, faults: &str, classes: &[&str]) -> Vec<PathBuf> {
+    let mut reproducers = Vec::new();
+    for seed in SEEDS {
+        let dir = tempfile::tempdir().unwrap();
+        let c = check(cmd, seed, faults, dir.path());
+        assert_eq!(
+            c.code,
+            Some(1),
+            "`{cmd}` seed {seed} not failed:\n{}",
+            c.out
+        );
+        let failures = c.report["failures"].as_array().unwrap();
+        let hit = failures
+            .iter()
+            .find(|f| {
+                classes.contains(&f["class"].as_str().unwrap()) && f["reproducer"].is_string()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "`{cmd}` seed {seed}: no {classes:?} failure with a reproducer:\n{}",
+                    c.out
+                )
+            });
+        let repro = PathBuf::from(hit["reproducer"].as_str().unwrap());
+        let replay = chopstick(&["replay", repro.to_str().unwrap()]);
+        assert_eq!(
+            replay.status.code(),
+            Some(1),
+            "replay did not confirm {}:\n{}",
+            repro.display(),
+            String::from_utf8_lossy(&replay.stdout)
+        );
+        // Keep the reproducer beyond the tempdir for assertions about its size.
+        let kept = std::env::temp_dir().join(format!(
+            "zoo-{}-{seed}-{}.json",
+            std::process::id(),
+            hit["class"].as_str().unwrap()
+        ));
+        std::fs::copy(&repro, &kept).unwrap();
+        reproducers.push(kept);
+    }
+    reproducers
+}
+
+fn passes(cmd: &str) {
+    for seed in SEEDS {
+        let dir = tempfile::tempdir().unwrap();
+        let c = check(
+            cmd,
+            seed,
+            "split,boundary,coalesce,disconnect,mixed",
+            dir.path(),
+        );
+        assert_eq!(
+            c.code,
+            Some(0),
+            "false alarm on correct `{cmd}` seed {seed}:\n{}",
+            c.out
+        );
+        // The JSON matches what the table says: 5 rows, every connection ran, no failure.
+        let rows = c.report["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 5);
+        assert!(rows
+            .iter()
+            .all(|r| r["connections"] == 4 && r["failures"] == 0));
+        assert!(
+            c.out
+                .contains(&format!("seed {seed}: 20 connections, 0 failures")),
+            "{}",
+            c.out
+        );
+    }
+}
+
+#[test]
+fn header_read_with_one_recv_is_caught_and_shrunk_small() {
+    let cmd = format!("python3 {} {{port}} single_read_header", zoo("broken.py"));
+    for path in caught(&cmd, "boundary", &["truncated", "corrupted"]) {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let messages = r["messages"].as_array().unwrap().len();
+        let writes = r["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s.get("write").is_some())
+            .count();
+        assert!(
+            messages <= 2 && writes <= 4,
+            "{}: {messages} messages, {writes} writes",
+            path.display()
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+fn body_read_with_one_recv_is_caught() {
+    let cmd = format!("python3 {} {{port}} single_read_body", zoo("broken.py"));
+    caught(&cmd, "split", &["truncated"]);
+}
+
+#[test]
+fn one_read_as_one_message_is_caught() {
+    let cmd = format!("node {} {{port}} one_read_one_message", zoo("broken.js"));
+    caught(&cmd, "coalesce", &["lost", "corrupted"]);
+}
+
+#[test]
+fn server_dying_on_a_mid_frame_disconnect_is_caught() {
+    let cmd = format!("python3 {} {{port}} dies_on_cut", zoo("broken.py"));
+    caught(&cmd, "disconnect", &["server_died"]);
+}
+
+#[test]
+fn server_spinning_on_eof_mid_frame_is_caught() {
+    let cmd = format!("python3 {} {{port}} spins_on_eof", zoo("broken.py"));
+    caught(&cmd, "disconnect", &["hang"]);
+}
+
+#[test]
+fn dropped_empty_messages_are_caught() {
+    let cmd = format!("node {} {{port}} drops_empty", zoo("broken.js"));
+    caught(&cmd, "split", &["lost"]);
+}
+
+#[test]
+fn truncated_large_replies_are_caught() {
+    let cmd = format!("python3 {} {{port}} truncates_large", zoo("broken.py"));
+    caught(&cmd, "coalesce", &["truncated"]);
+}
+
+#[test]
+fn correct_python_server_passes() {
+    passes(&format!("python3 {} {{port}}", zoo("correct.py")));
+}
+
+#[test]
+fn correct_slow_python_server_passes() {
+    passes(&format!(
+        "python3 {} {{port}} --delay-ms 3",
+        zoo("correct.py")
+    ));
+}
+
+#[test]
+fn correct_node_server_passes() {
+    passes(&format!("node {} {{port}}", zoo("correct.js")));
+}
