@@ -360,6 +360,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in CI logs or captured stderr.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
@@ -807,8 +809,11 @@ async fn replay_udp(path: &std::path::Path, attempts: usize) -> Result<ExitCode>
             return Ok(ExitCode::from(2));
         }
     };
-    for f in &outcome.failures {
-        println!("  {f:?}");
+    for f in outcome.failures.iter().take(20) {
+        println!("  {:?} (datagram {:?}): {}", f.kind, f.seq, f.detail);
+    }
+    if outcome.failures.len() > 20 {
+        println!("  ... and {} more", outcome.failures.len() - 20);
     }
     if outcome.confirmed {
         println!("STILL FAILS ({} attempts)", outcome.attempts);

@@ -20,24 +20,29 @@ fn zoo(file: &str) -> String {
         .to_string()
 }
 
-/// Runs the chopstick binary with `args`, killing it at [`DEADLINE`].
+/// Runs the chopstick binary with `args`, killing it at [`DEADLINE`]. Output is read
+/// on another thread, so a chatty child never blocks on a full pipe.
 fn chopstick(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+    let child = Command::new(env!("CARGO_BIN_EXE_chopstick"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn chopstick");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(out) => out.expect("wait for chopstick"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
             panic!("chopstick {args:?} ran longer than {DEADLINE:?}");
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    child.wait_with_output().unwrap()
 }
 
 struct Checked {
@@ -240,4 +245,53 @@ fn correct_slow_python_server_passes() {
 #[test]
 fn correct_node_server_passes() {
     passes(&format!("node {} {{port}}", zoo("correct.js")));
+}
+
+/// `check --udp` through the binary: the receiver that reads with a too-small buffer and
+/// echoes what it got is caught for truncation, `replay` confirms it, and the correct
+/// receiver passes — on every seed.
+#[test]
+fn udp_truncating_receiver_is_caught_and_correct_one_passes() {
+    for seed in SEEDS {
+        let seed_s = seed.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let udp = |file: &str| {
+            let cmd = format!("python3 {} {{port}}", zoo(file));
+            chopstick(&[
+                "check",
+                "--udp",
+                "--spawn",
+                &cmd,
+                "--seed",
+                &seed_s,
+                "--datagrams",
+                "100",
+                "--artifacts",
+                dir.path().to_str().unwrap(),
+            ])
+        };
+        let ok = udp("udp_correct.py");
+        assert_eq!(
+            ok.status.code(),
+            Some(0),
+            "seed {seed}: {}",
+            String::from_utf8_lossy(&ok.stdout)
+        );
+        let bad = udp("udp_broken.py");
+        let text = String::from_utf8_lossy(&bad.stdout);
+        assert_eq!(bad.status.code(), Some(1), "seed {seed}: {text}");
+        assert!(text.contains("truncat"), "seed {seed}: {text}");
+        let repro = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .expect("a reproducer file");
+        let replay = chopstick(&["replay", repro.to_str().unwrap()]);
+        assert_eq!(
+            replay.status.code(),
+            Some(1),
+            "seed {seed}: {}",
+            String::from_utf8_lossy(&replay.stdout)
+        );
+    }
 }
