@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
 /// Upper bound for one chopstick invocation; nothing may hang CI.
