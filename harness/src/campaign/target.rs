@@ -30,8 +30,8 @@ pub enum TargetSpec {
 pub enum TargetError {
     #[error("--connect address {0} is not loopback; chopstick only sends traffic to this machine")]
     NotLoopback(SocketAddr),
-    #[error("bad --spawn command: {0}")]
-    BadCommand(String),
+    #[error(transparent)]
+    BadCommand(#[from] BadCommand),
     #[error("cannot start `{cmd}`: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` exited ({status}) before accepting connections; stderr:\n{stderr}")]
@@ -46,6 +46,11 @@ pub enum TargetError {
     NoPort(std::io::Error),
 }
 
+/// A `--spawn` command line that cannot be split into words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad --spawn command: {0}")]
+pub struct BadCommand(pub String);
+
 /// A running target.
 #[derive(Debug)]
 pub struct Target {
@@ -57,7 +62,7 @@ pub struct Target {
 }
 
 /// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
-pub fn split_command(cmd: &str) -> Result<Vec<String>, TargetError> {
+pub fn split_command(cmd: &str) -> Result<Vec<String>, BadCommand> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut quote = None;
@@ -83,15 +88,13 @@ pub fn split_command(cmd: &str) -> Result<Vec<String>, TargetError> {
         }
     }
     if quote.is_some() {
-        return Err(TargetError::BadCommand(format!(
-            "unterminated quote in `{cmd}`"
-        )));
+        return Err(BadCommand(format!("unterminated quote in `{cmd}`")));
     }
     if in_word {
         words.push(cur);
     }
     if words.is_empty() {
-        return Err(TargetError::BadCommand("empty command".into()));
+        return Err(BadCommand("empty command".into()));
     }
     Ok(words)
 }

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::check::{
     exchange, judge, params, FailureKind, Params, Request, UdpCheckConfig, UdpCheckError,
@@ -19,38 +18,7 @@ pub const VERSION: u32 = 1;
 /// At most this many failing datagrams go into a shrunk reproducer.
 const MAX_SHRUNK: usize = 16;
 
-/// Bytes in JSON: text when UTF-8, `{"hex": ...}` otherwise, so files stay readable
-/// and still round-trip any byte.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Payload(pub Bytes);
-
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Repr {
-    Text(String),
-    Hex { hex: String },
-}
-
-impl Serialize for Payload {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(&self.0) {
-            Ok(text) => Repr::Text(text.to_string()),
-            Err(_) => Repr::Hex {
-                hex: hex::encode(&self.0),
-            },
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Payload {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
-        Ok(Payload(match Repr::deserialize(d)? {
-            Repr::Text(t) => Bytes::from(t),
-            Repr::Hex { hex } => Bytes::from(hex::decode(hex).map_err(serde::de::Error::custom)?),
-        }))
-    }
-}
+pub use crate::campaign::payload::Payload;
 
 /// One failing UDP case.
 #[derive(Debug, Clone, Serialize, Deserialize)]

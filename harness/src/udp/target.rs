@@ -68,37 +68,9 @@ pub struct RunningTarget {
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
-/// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
+/// Splits a command line like `check --spawn` does (see [`crate::campaign::target::split_command`]).
 pub fn split_command(cmd: &str) -> Result<Vec<String>, UdpTargetError> {
-    let (mut words, mut cur, mut quote, mut in_word) = (Vec::new(), String::new(), None, false);
-    for c in cmd.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => (quote, in_word) = (Some(c), true),
-            (None, c) if c.is_whitespace() => {
-                if std::mem::take(&mut in_word) {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            (None, c) => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(UdpTargetError::BadCommand(format!(
-            "unterminated quote in `{cmd}`"
-        )));
-    }
-    if in_word {
-        words.push(cur);
-    }
-    if words.is_empty() {
-        return Err(UdpTargetError::BadCommand("empty command".into()));
-    }
-    Ok(words)
+    crate::campaign::target::split_command(cmd).map_err(|e| UdpTargetError::BadCommand(e.0))
 }
 
 impl RunningTarget {
