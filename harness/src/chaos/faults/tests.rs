@@ -15,7 +15,8 @@ fn the_example_list_parses_into_three_entries() {
         e[0].spec,
         FaultSpec::Split(Split {
             max: 64,
-            pause_us: 1000
+            pause_us: 1000,
+            ..Split::default()
         })
     );
     assert_eq!(
