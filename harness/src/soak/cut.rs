@@ -471,7 +471,10 @@ pub async fn run(target: &Running, n: u64, in_flight: usize, seed: u64) -> CutFi
     // that; this is what the 10 % compares against.
     fig.rss_cold_kib = sys::rss_kib().map_or(0, |r| r.0);
     fig.healthy_after = healthy(target).await.is_ok();
-    let warmup = (in_flight as u64 * 5).min(n);
+    // 10 % of the run (at least 5 x in-flight): enough for glibc's per-thread arenas
+    // and tokio's blocking pool (file's fsyncs) to reach their working size, which
+    // takes a few rounds of the full concurrency and then stays flat.
+    let warmup = (in_flight as u64 * 5).max(n / 10).min(n);
     let mut files = Files::default();
     let mut warm = CutFigures::default();
     drive(

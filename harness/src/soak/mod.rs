@@ -284,7 +284,7 @@ impl fmt::Display for SoakReport {
         }
         writeln!(
             f,
-            "\nabrupt disconnects (FIN/RST at random regions; baseline after a warm-up of 5 x in-flight cuts)"
+            "\nabrupt disconnects (FIN/RST at random regions; baseline after a warm-up of max(5 x in-flight, 10 %) cuts)"
         )?;
         writeln!(
             f,

@@ -36,9 +36,9 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
         }
     }
     Ok(FdLimit {
-        soft_before: soft_before as u64,
-        soft: lim.rlim_cur as u64,
-        hard: lim.rlim_max as u64,
+        soft_before,
+        soft: lim.rlim_cur,
+        hard: lim.rlim_max,
     })
 }
 
