@@ -14,5 +14,6 @@ pub mod chaos;
 pub mod codec;
 pub mod proxy;
 pub mod report;
+pub mod soak;
 pub mod udp;
 pub mod workload;
