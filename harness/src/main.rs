@@ -41,6 +41,19 @@ enum Command {
     /// A relay applying faults to what it passes on, for any client and server
     /// (TCP; with --udp, datagrams). Loopback upstreams only.
     Proxy(ProxyArgs),
+    /// Load, abrupt-disconnect and leak figures for every reference server and the proxy
+    /// (loopback only, bounded; figures in RELIABILITY.md).
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    /// The shortened variant CI runs (1 000 connections, 2 000 cuts per target).
+    #[arg(long)]
+    quick: bool,
+    /// Write the figures as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -389,6 +402,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Check(args) => check(args).await,
         Command::Replay(args) => replay(args).await,
         Command::Proxy(args) => proxy(args).await,
+        Command::Soak(args) => soak(args).await,
     }
 }
 
@@ -822,4 +836,20 @@ async fn replay_udp(path: &std::path::Path, attempts: usize) -> Result<ExitCode>
         println!("passes ({} attempts): fixed", outcome.attempts);
         Ok(ExitCode::SUCCESS)
     }
+}
+
+async fn soak(args: SoakArgs) -> Result<ExitCode> {
+    // The soak re-runs this same command line as its load-client process (see
+    // harness::soak), so everything it needs must come from these arguments.
+    let config = if args.quick {
+        harness::soak::SoakConfig::quick()
+    } else {
+        harness::soak::SoakConfig::full()
+    };
+    let report = harness::soak::run(&config).await?;
+    println!("{report}");
+    if let Some(path) = &args.json {
+        harness::report::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
 }
