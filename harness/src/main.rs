@@ -32,6 +32,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Start every reference server in-process and drive each with every fault; print
+    /// the table. The main job: no arguments needed.
+    Run(RunArgs),
     /// Start a reference server; prints `listening on ADDR` first.
     Serve(ServeArgs),
     /// Drive any server (any language) with faults and judge its replies with an oracle.
@@ -54,6 +57,34 @@ struct SoakArgs {
     /// Write the figures as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// A short run (under a minute): fewer connections, messages and bytes.
+    #[arg(long)]
+    quick: bool,
+    /// Master seed (default: random, printed). The same seed gives the same run.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Targets, comma-separated: echo, upper, exec, file, auth, udp (default: all).
+    #[arg(long, default_value = "echo,upper,exec,file,auth,udp")]
+    targets: String,
+    /// TCP fault profiles, one report row each (as in `check`; udp uses datagram faults).
+    #[arg(long, default_value = harness::campaign::run::DEFAULT_PROFILES)]
+    faults: String,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the report as JUnit XML (one test case per target x fault).
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Directory for reproducer files (and the file root and key file they spawn with).
+    #[arg(long, default_value = "chopstick-artifacts")]
+    artifacts: PathBuf,
+    /// Do not shrink failures or write reproducers.
+    #[arg(long)]
+    no_shrink: bool,
 }
 
 #[derive(Args, Debug)]
@@ -398,6 +429,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Run(args) => run_cmd(args).await,
         Command::Serve(args) => serve(args.server).await.map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args).await,
         Command::Replay(args) => replay(args).await,
@@ -852,4 +884,24 @@ async fn soak(args: SoakArgs) -> Result<ExitCode> {
         harness::report::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
+}
+
+async fn run_cmd(args: RunArgs) -> Result<ExitCode> {
+    use harness::campaign::run::{self, RunConfig, Scale};
+    let seed = args.seed.unwrap_or_else(rand::random);
+    eprintln!("chopstick run: seed {seed}");
+    let exe = std::env::current_exe().context("cannot find the chopstick binary")?;
+    let mut config = RunConfig::new(exe, seed, args.artifacts.clone());
+    config.targets = run::parse_targets(&args.targets)?;
+    config.profiles = run::parse_profiles(&args.faults)?;
+    config.shrink = !args.no_shrink;
+    if args.quick {
+        config.scale = Scale::quick();
+    }
+    let mut report = Report::new(seed);
+    run::run(&config, &mut bar(), &mut report).await;
+    print!("{}", report.table());
+    run::write_reports(&report, args.json.as_deref(), args.junit.as_deref())
+        .context("cannot write the report")?;
+    Ok(ExitCode::from(report.exit_code()))
 }

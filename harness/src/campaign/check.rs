@@ -1,7 +1,8 @@
 //! `chopstick check`: one target, one framing, one oracle, each fault in turn.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::repro::Reproducer;
 use super::shrink;
@@ -51,6 +52,28 @@ impl Progress for Quiet {}
 /// Stops a profile early when the target is gone for good (e.g. `--connect` to a dead server).
 const GIVE_UP_AFTER: u32 = 5;
 
+/// Where a profile's reproducers go, and how they start their target again.
+pub struct Artifacts<'a> {
+    pub dir: &'a Path,
+    /// The target a reproducer starts (`check`: the checked one; `run`: an equivalent
+    /// `chopstick serve` of the in-process server).
+    pub target: &'a TargetSpec,
+    /// Makes what `target` needs on disk (a root directory, a key file).
+    pub prepare: &'a (dyn Fn() -> Result<(), String> + Sync),
+}
+
+/// One target's settings for [`drive_profile`].
+pub struct Drive<'a> {
+    /// The target's name in reports.
+    pub name: &'a str,
+    pub case: &'a CaseConfig,
+    pub workload: &'a Workload,
+    pub seed: u64,
+    /// Shrink budget (runs, wall time); `None` writes unshrunk cases.
+    pub shrink: Option<(usize, Duration)>,
+    pub artifacts: Option<Artifacts<'a>>,
+}
+
 /// Runs every profile against the target. Returns the report; a target that cannot be
 /// started at all is a `TargetError`.
 pub async fn check(
@@ -60,107 +83,23 @@ pub async fn check(
 ) -> Result<(), TargetError> {
     let mut target = Target::start(&config.target).await?;
     progress.start(config.profiles.len() as u64 * config.workload.connections as u64);
+    let no_prepare = || Ok(());
+    let drive = Drive {
+        name: &config.target_name,
+        case: &config.case,
+        workload: &config.workload,
+        seed: config.seed,
+        shrink: config
+            .shrink
+            .then_some((config.shrink_budget, config.shrink_time)),
+        artifacts: config.artifacts.as_deref().map(|dir| Artifacts {
+            dir,
+            target: &config.target,
+            prepare: &no_prepare,
+        }),
+    };
     for profile in &config.profiles {
-        let started = Instant::now();
-        let mut row = Row::new(&config.target_name, &profile.name);
-        let mut shrunk_classes = std::collections::BTreeSet::new();
-        let mut unreachable_streak = 0;
-        for conn in 0..config.workload.connections as u64 {
-            let case = draw_case(
-                &config.workload,
-                &config.case.framing,
-                &profile.faults,
-                config.seed,
-                conn,
-            );
-            let result = run_case(&mut target, &config.case, &case).await;
-            row.connections += 1;
-            row.messages += case.messages.len() as u64;
-            row.bytes += result.bytes as u64;
-            row.latencies_us.extend_from_slice(&result.latencies_us);
-            if let Some(failure) = result.failure.clone() {
-                row.failures += 1;
-                *row.classes.entry(failure.class.to_string()).or_default() += 1;
-                let unreachable = matches!(
-                    failure.class,
-                    FailureClass::Refused | FailureClass::ServerDied
-                );
-                unreachable_streak = if unreachable {
-                    unreachable_streak + 1
-                } else {
-                    0
-                };
-                let offset = failure.message.and_then(|i| {
-                    config
-                        .case
-                        .framing
-                        .encode_all(&case.messages)
-                        .ok()
-                        .and_then(|(_, l)| l.get(i).map(|l| l.start))
-                });
-                let mut record = FailureRecord {
-                    target: config.target_name.clone(),
-                    fault: profile.name.clone(),
-                    class: failure.class,
-                    conn,
-                    offset,
-                    detail: failure.detail.clone(),
-                    reproducer: None,
-                };
-                if config.shrink && shrunk_classes.insert(failure.class) {
-                    let original = (case.messages.len(), case.plan.writes());
-                    let (small, small_result, _runs) = shrink::shrink(
-                        &mut target,
-                        &config.case,
-                        case,
-                        result,
-                        failure.class,
-                        config.shrink_budget,
-                        config.shrink_time,
-                    )
-                    .await;
-                    let failure = small_result.failure.clone().unwrap_or(failure);
-                    let mut repro = Reproducer {
-                        version: super::repro::VERSION,
-                        seed: config.seed,
-                        conn,
-                        target_name: config.target_name.clone(),
-                        target: config.target.clone(),
-                        fault: profile.name.clone(),
-                        config: config.case.clone(),
-                        messages: payload::wrap(&small.messages),
-                        plan_line: small.plan.to_string(),
-                        plan: small.plan,
-                        failure,
-                        expected: payload::wrap(&small_result.expected),
-                        seen: payload::wrap(&small_result.seen.replies),
-                        seen_end: small_result.seen.end,
-                        original_messages: original.0,
-                        original_writes: original.1,
-                        replay: String::new(),
-                    };
-                    if let Some(dir) = &config.artifacts {
-                        match repro.write_to(dir) {
-                            Ok(path) => record.reproducer = Some(path),
-                            Err(e) => tracing::warn!("{e}"),
-                        }
-                    }
-                }
-                report.failures.push(record);
-                if unreachable_streak >= GIVE_UP_AFTER && !target.is_spawned() {
-                    report.unusable.push(format!(
-                        "{}: unreachable at {}",
-                        config.target_name, target.addr
-                    ));
-                    break;
-                }
-            } else {
-                unreachable_streak = 0;
-            }
-            progress.tick(&row);
-        }
-        row.seconds = started.elapsed().as_secs_f64();
-        row.finish();
+        let row = drive_profile(&mut target, &drive, profile, progress, report).await;
         report.rows.push(row);
     }
     target.kill().await;
@@ -168,17 +107,114 @@ pub async fn check(
     Ok(())
 }
 
-/// The default workload of `check` and `run`.
-pub fn default_workload(
-    connections: usize,
-    messages: usize,
-    max_size: usize,
-    header_width: usize,
-) -> Workload {
-    Workload {
-        connections,
-        messages,
-        max_size,
-        header_width,
+/// Drives `live` with one fault profile: every connection of the workload, judged,
+/// liveness-checked; the first failure of each class is shrunk and written as a
+/// reproducer. Failures go into `report`; the row is returned.
+pub async fn drive_profile(
+    live: &mut Target,
+    drive: &Drive<'_>,
+    profile: &Profile,
+    progress: &mut dyn Progress,
+    report: &mut Report,
+) -> Row {
+    let started = Instant::now();
+    let mut row = Row::new(drive.name, &profile.name);
+    let mut shrunk_classes = BTreeSet::new();
+    let mut unreachable_streak = 0;
+    for conn in 0..drive.workload.connections as u64 {
+        let case = draw_case(
+            drive.case,
+            drive.workload,
+            &profile.faults,
+            drive.seed,
+            conn,
+        );
+        let result = run_case(live, drive.case, &case).await;
+        row.connections += 1;
+        row.messages += case.messages.len() as u64;
+        row.bytes += result.bytes as u64;
+        row.latencies_us.extend_from_slice(&result.latencies_us);
+        let Some(failure) = result.failure.clone() else {
+            unreachable_streak = 0;
+            progress.tick(&row);
+            continue;
+        };
+        row.failures += 1;
+        *row.classes.entry(failure.class.to_string()).or_default() += 1;
+        let unreachable = matches!(
+            failure.class,
+            FailureClass::Refused | FailureClass::ServerDied
+        );
+        unreachable_streak = if unreachable {
+            unreachable_streak + 1
+        } else {
+            0
+        };
+        let offset = failure.message.and_then(|i| {
+            let (_, layouts) = drive.case.encode(conn, &case.messages).ok()?;
+            layouts.get(i).map(|l| l.start)
+        });
+        let mut record = FailureRecord {
+            target: drive.name.to_string(),
+            fault: profile.name.clone(),
+            class: failure.class,
+            conn,
+            offset,
+            detail: failure.detail.clone(),
+            reproducer: None,
+        };
+        if let Some(artifacts) = drive
+            .artifacts
+            .as_ref()
+            .filter(|_| shrunk_classes.insert(failure.class))
+        {
+            let original = (case.messages.len(), case.plan.writes());
+            let (small, small_result) = match drive.shrink {
+                Some((runs, time)) => {
+                    let (c, r, _) =
+                        shrink::shrink(live, drive.case, case, result, failure.class, runs, time)
+                            .await;
+                    (c, r)
+                }
+                None => (case, result),
+            };
+            let failure = small_result.failure.clone().unwrap_or(failure);
+            let mut repro = Reproducer {
+                version: super::repro::VERSION,
+                seed: drive.seed,
+                conn,
+                target_name: drive.name.to_string(),
+                target: artifacts.target.clone(),
+                fault: profile.name.clone(),
+                config: drive.case.clone(),
+                messages: payload::wrap(&small.messages),
+                plan_line: small.plan.to_string(),
+                plan: small.plan,
+                failure,
+                expected: payload::wrap(&small_result.expected),
+                seen: payload::wrap(&small_result.seen.replies),
+                seen_end: small_result.seen.end,
+                original_messages: original.0,
+                original_writes: original.1,
+                replay: String::new(),
+            };
+            let written = (artifacts.prepare)()
+                .and_then(|()| repro.write_to(artifacts.dir).map_err(|e| e.to_string()));
+            match written {
+                Ok(path) => record.reproducer = Some(path),
+                Err(e) => tracing::warn!("reproducer not written: {e}"),
+            }
+        }
+        report.failures.push(record);
+        progress.tick(&row);
+        if unreachable_streak >= GIVE_UP_AFTER && !live.is_spawned() {
+            report
+                .unusable
+                .push(format!("{}: unreachable at {}", drive.name, live.addr));
+            break;
+        }
     }
+    row.seconds = started.elapsed().as_secs_f64();
+    row.finish();
+    row
 }

@@ -5,6 +5,11 @@
 //! reply k before it writes past frame k. When the plan has no close/reset, the writer
 //! half-closes once everything is sent (optional) so the server can tell it is done;
 //! the reader then keeps reading until EOF (or `grace`) to catch phantom replies.
+//! Servers that treat a FIN as "abort what is running" (exec) get [`Fin::AfterReplies`]:
+//! the FIN only goes out once every due reply has come.
+//!
+//! Replies are decoded by a [`ReplyCodec`]: the framing's payloads, or for the exec and
+//! file oracles each hjson reply turned into comparable bytes (see [`super::protocol`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,11 +19,57 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 
 use super::judge::{End, Seen};
 use crate::chaos::{Ending, Plan, Step};
-use targets::wire::{FrameLayout, WireError};
+use bytes::BytesMut;
+use targets::wire::{FrameCodec, FrameLayout, Framing, HjsonCodec, HjsonFrame, WireError};
+
+/// When the writer half-closes a connection whose plan does not end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fin {
+    /// Never: the reader stops after the last due reply and `grace`.
+    Never,
+    /// Right after the last byte is written.
+    AfterWrite,
+    /// Once every due reply has come (or the reply timeout passed).
+    AfterReplies,
+}
+
+/// Decodes the reply stream into the byte strings `judge` compares.
+#[derive(Debug)]
+pub enum ReplyCodec {
+    /// The framing's payloads.
+    Frames(FrameCodec),
+    /// hjson replies, each mapped to comparable bytes.
+    Hjson(HjsonCodec, fn(HjsonFrame) -> Bytes),
+}
+
+impl ReplyCodec {
+    pub fn frames(framing: &Framing) -> ReplyCodec {
+        ReplyCodec::Frames(framing.codec())
+    }
+}
+
+impl Decoder for ReplyCodec {
+    type Item = Bytes;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
+        match self {
+            ReplyCodec::Frames(c) => c.decode(src),
+            ReplyCodec::Hjson(c, map) => Ok(c.decode(src)?.map(*map)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
+        match self {
+            ReplyCodec::Frames(c) => c.decode_eof(src),
+            ReplyCodec::Hjson(c, map) => Ok(c.decode_eof(src)?.map(*map)),
+        }
+    }
+}
 
 /// How patient the driver is.
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +121,45 @@ pub async fn connect(addr: SocketAddr, timing: &Timing) -> std::io::Result<TcpSt
 #[allow(clippy::too_many_arguments)]
 pub async fn drive(
     sock: TcpStream,
-    framing: &targets::wire::Framing,
+    framing: &Framing,
     stream: Bytes,
     layouts: &[FrameLayout],
     plan: &Plan,
     expected: usize,
     ping_pong: bool,
     half_close: bool,
+    timing: &Timing,
+) -> Driven {
+    let fin = if half_close {
+        Fin::AfterWrite
+    } else {
+        Fin::Never
+    };
+    drive_with(
+        sock,
+        ReplyCodec::frames(framing),
+        stream,
+        layouts,
+        plan,
+        expected,
+        ping_pong,
+        fin,
+        timing,
+    )
+    .await
+}
+
+/// [`drive`] with a chosen reply decoder and half-close policy.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive_with(
+    sock: TcpStream,
+    replies: ReplyCodec,
+    stream: Bytes,
+    layouts: &[FrameLayout],
+    plan: &Plan,
+    expected: usize,
+    ping_pong: bool,
+    fin: Fin,
     timing: &Timing,
 ) -> Driven {
     let resets = matches!(plan.ending(), Some((Ending::Reset, _)));
@@ -161,7 +244,15 @@ pub async fn drive(
                 Step::Read(_) => {}
             }
         }
-        if !ended && half_close {
+        if !ended && fin == Fin::AfterReplies {
+            // Bounded like every other wait; a missing reply is the reader's verdict.
+            let _ = tokio::time::timeout(
+                timing.reply_timeout,
+                replies_rx.wait_for(|&r| r >= expected),
+            )
+            .await;
+        }
+        if !ended && fin != Fin::Never {
             let _ = write.shutdown().await;
         }
         (write, false)
@@ -182,7 +273,7 @@ pub async fn drive(
     }
 
     let reader = async {
-        let mut frames = FramedRead::new(read, framing.codec());
+        let mut frames = FramedRead::new(read, replies);
         let mut replies = Vec::new();
         let mut latencies = Vec::new();
         let end = loop {

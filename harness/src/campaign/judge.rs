@@ -35,6 +35,13 @@ pub enum FailureClass {
     Refused,
     /// A fresh connection after a fault got a wrong reply (liveness).
     Liveness,
+    /// auth accepted a digest it must reject (wrong key, replayed), or served a
+    /// connection it had rejected.
+    AuthBypass,
+    /// auth rejected the right digest (e.g. one that arrived in pieces).
+    AuthRejected,
+    /// file: a put interrupted by a disconnect left a partly written file.
+    NotAtomic,
 }
 
 impl FailureClass {
@@ -51,6 +58,9 @@ impl FailureClass {
             FailureClass::ServerDied => "server_died",
             FailureClass::Refused => "refused",
             FailureClass::Liveness => "liveness",
+            FailureClass::AuthBypass => "auth_bypass",
+            FailureClass::AuthRejected => "auth_rejected",
+            FailureClass::NotAtomic => "not_atomic",
         }
     }
 }

@@ -98,7 +98,7 @@ fn remove_range(plan: &Plan, range: std::ops::Range<usize>, len: usize) -> Optio
 
 /// `case` without the messages whose indexes are in `drop`, or `None` if not expressible.
 fn without(case: &Case, config: &CaseConfig, drop: std::ops::Range<usize>) -> Option<Case> {
-    let (_, layouts) = config.framing.encode_all(&case.messages).ok()?;
+    let (_, layouts) = config.encode(case.conn, &case.messages).ok()?;
     let len = layouts.last().map_or(0, |l| l.end);
     let range = layouts.get(drop.start)?.start..layouts.get(drop.end - 1)?.end;
     let plan = remove_range(&case.plan, range, len)?;
@@ -158,8 +158,7 @@ pub async fn shrink(
 
     // 2. Fewer writes and pauses: drop one cut or pause event at a time.
     let len = config
-        .framing
-        .encode_all(&best.0.messages)
+        .encode(best.0.conn, &best.0.messages)
         .map_or(0, |(s, _)| s.len());
     let mut i = 0;
     while budget(runs) {
