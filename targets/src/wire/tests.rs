@@ -238,6 +238,13 @@ fn adjust_counts_the_length_field_itself() {
         &short.encode_all(&[b"abcde"]).unwrap().0[..],
         b"\x00\x00\x00\x01abcde"
     );
+    // So negative that no payload fits the field: refused, not encoded with a
+    // truncated field (found by the frame_roundtrip fuzz target).
+    assert!("u8,adjust=-256".parse::<Framing>().is_err());
+    assert!("i32le,adjust=-2147483648".parse::<Framing>().is_err());
+    let tight: Framing = "u8,adjust=-255".parse().unwrap();
+    assert_eq!(tight.max(), 0);
+    assert_eq!(&tight.encode_all(&[b""]).unwrap().0[..], b"\xff");
 }
 
 #[test]
