@@ -248,6 +248,20 @@ fn adjust_counts_the_length_field_itself() {
 }
 
 #[test]
+fn negative_adjust_decodes_up_to_max() {
+    // tokio-util clamps its raw-field check to field max + adjust (found by frame_roundtrip).
+    for spec in ["u8,adjust=-1", "u8,adjust=-253", "u16le,adjust=-2"] {
+        let framing: Framing = spec.parse().unwrap();
+        let msgs = [vec![7u8; framing.max()], vec![]];
+        let (stream, _) = framing.encode_all(&msgs).unwrap();
+        for chunk in [1, stream.len()] {
+            let got = decode_chunked(&framing, &stream, chunk).unwrap();
+            assert_eq!(got, msgs, "{spec}, chunk {chunk}");
+        }
+    }
+}
+
+#[test]
 fn overlong_line_fails_without_waiting_for_newline() {
     let mut codec = "line,max=8".parse::<Framing>().unwrap().codec();
     let mut buf = BytesMut::from(&[b'x'; 64][..]);
