@@ -12,6 +12,8 @@
 pub mod campaign;
 pub mod chaos;
 pub mod codec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod proxy;
 pub mod report;
 pub mod soak;

@@ -40,7 +40,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
-use crate::chaos::{ChaosStream, Ending, Plan};
+use crate::chaos::{ChaosStream, Ending, Plan, Step};
 use targets::wire::Framing;
 
 /// What a decoder made of a chaotic stream. Anything but [`Verdict::Pass`] is a bug in
@@ -247,9 +247,10 @@ where
     D::Item: AsRef<[u8]>,
     D::Error: From<io::Error> + fmt::Display,
 {
-    let (cut, ending) = match plan.ending() {
-        Some((how, at)) => (at.min(stream.len()), Some(how)),
-        None => (stream.len(), None),
+    // An ending beyond the stream is never reached: the reader sees EOF first.
+    let (cut, ending) = match reader_ending(plan) {
+        Some((how, at)) if at <= stream.len() => (at, Some(how)),
+        _ => (stream.len(), None),
     };
     let whole = ends.iter().take_while(|&&end| end <= cut).count();
     let at_boundary = cut == 0 || (whole > 0 && ends[whole - 1] == cut);
@@ -285,6 +286,22 @@ where
         }
     };
     judge(messages, whole, error_due, &got, end)
+}
+
+/// The first close or reset in a plan played on reads, and how many bytes precede it.
+/// `ChaosStream` limits a read by `Read` and `Write` steps alike, so both count (unlike
+/// [`Plan::ending`], which counts what a writer plan writes).
+fn reader_ending(plan: &Plan) -> Option<(Ending, usize)> {
+    let mut at = 0usize;
+    for step in &plan.steps {
+        match *step {
+            Step::Write(n) | Step::Read(n) => at = at.saturating_add(n),
+            Step::Close => return Some((Ending::Close, at)),
+            Step::Reset => return Some((Ending::Reset, at)),
+            Step::Pause(_) | Step::Stall(_) => {}
+        }
+    }
+    None
 }
 
 /// Compares decoded frames with the `whole` messages delivered in full.

@@ -7,10 +7,13 @@
 //! +----------------+------------------+---------------------------+
 //! ```
 //!
-//! tokio-util's codec does the buffering; this wrapper adds what a hostile peer needs:
-//! a typed error for a negative signed length, for a payload over `max` (checked before
-//! anything is reserved for the body), and for EOF anywhere inside a frame — including
-//! right after a complete header, which the inner codec would report as a clean end.
+//! tokio-util's codec encodes; this wrapper decodes itself, with what a hostile peer
+//! needs: a typed error for a negative signed length, for a payload over `max` (checked
+//! before anything is reserved for the body), and for EOF anywhere inside a frame —
+//! including right after a complete header, which the inner codec would report as a
+//! clean end. (tokio-util's decoder also cannot be used with a negative `adjust`: it
+//! clamps its check of the raw field to the field's maximum plus `adjust`, and so
+//! rejects valid frames whose payload is within `-adjust` of `max`.)
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
@@ -22,8 +25,8 @@ use super::{Endian, LengthSpec, WireError};
 pub struct LengthCodec {
     spec: LengthSpec,
     inner: LengthDelimitedCodec,
-    /// True while no byte of the next frame's header has been consumed by `inner`.
-    at_frame_start: bool,
+    /// The payload length of the frame whose header has been consumed, if any.
+    pending: Option<usize>,
 }
 
 impl LengthCodec {
@@ -34,7 +37,7 @@ impl LengthCodec {
             .length_field_length(spec.width)
             .length_adjustment(spec.adjust as isize)
             .num_skip(spec.header_len())
-            // The inner check runs on the raw field; ours (on the adjusted payload) runs first.
+            // Only used to encode, after our own check of the payload against `max`.
             .max_frame_length(
                 spec.max
                     .saturating_add(spec.adjust.min(0).unsigned_abs() as usize),
@@ -46,7 +49,7 @@ impl LengthCodec {
         LengthCodec {
             spec,
             inner: builder.new_codec(),
-            at_frame_start: true,
+            pending: None,
         }
     }
 
@@ -95,25 +98,34 @@ impl Decoder for LengthCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
-        if self.at_frame_start {
-            if src.len() < self.spec.header_len() {
-                return Ok(None);
+        let len = match self.pending {
+            Some(len) => len,
+            None => {
+                if src.len() < self.spec.header_len() {
+                    return Ok(None);
+                }
+                let len = self.payload_len(src)?;
+                // The header is consumed as soon as it is whole, even without the body.
+                src.advance(self.spec.header_len());
+                src.reserve(len.saturating_sub(src.len()));
+                self.pending = Some(len);
+                len
             }
-            self.payload_len(src)?;
+        };
+        if src.len() < len {
+            return Ok(None);
         }
-        let frame = self.inner.decode(src)?;
-        // `inner` consumes the header as soon as it has it, even without the body.
-        self.at_frame_start = frame.is_some();
-        Ok(frame.map(BytesMut::freeze))
+        self.pending = None;
+        Ok(Some(src.split_to(len).freeze()))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if self.at_frame_start && src.is_empty() => Ok(None),
+            None if self.pending.is_none() && src.is_empty() => Ok(None),
             None => Err(WireError::Truncated {
                 received: src.len()
-                    + if self.at_frame_start {
+                    + if self.pending.is_none() {
                         0
                     } else {
                         self.spec.header_len()

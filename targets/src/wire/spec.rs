@@ -224,6 +224,14 @@ impl FromStr for Framing {
             Some(l) => {
                 l.offset = offset.unwrap_or(0);
                 l.adjust = adjust.unwrap_or(0);
+                // Not even an empty payload fits (payload_limit clamps this to 0).
+                if i128::from(l.field_limit()) + i128::from(l.adjust) < 0 {
+                    return Err(SpecError::BadValue {
+                        key: "adjust".to_string(),
+                        value: l.adjust.to_string(),
+                        reason: "the length field cannot describe any payload",
+                    });
+                }
                 let limit = l.payload_limit();
                 l.max = match max {
                     Some(m) if m > limit => {

@@ -238,6 +238,27 @@ fn adjust_counts_the_length_field_itself() {
         &short.encode_all(&[b"abcde"]).unwrap().0[..],
         b"\x00\x00\x00\x01abcde"
     );
+    // So negative that no payload fits the field: refused, not encoded with a
+    // truncated field (found by the frame_roundtrip fuzz target).
+    assert!("u8,adjust=-256".parse::<Framing>().is_err());
+    assert!("i32le,adjust=-2147483648".parse::<Framing>().is_err());
+    let tight: Framing = "u8,adjust=-255".parse().unwrap();
+    assert_eq!(tight.max(), 0);
+    assert_eq!(&tight.encode_all(&[b""]).unwrap().0[..], b"\xff");
+}
+
+#[test]
+fn negative_adjust_decodes_up_to_max() {
+    // tokio-util clamps its raw-field check to field max + adjust (found by frame_roundtrip).
+    for spec in ["u8,adjust=-1", "u8,adjust=-253", "u16le,adjust=-2"] {
+        let framing: Framing = spec.parse().unwrap();
+        let msgs = [vec![7u8; framing.max()], vec![]];
+        let (stream, _) = framing.encode_all(&msgs).unwrap();
+        for chunk in [1, stream.len()] {
+            let got = decode_chunked(&framing, &stream, chunk).unwrap();
+            assert_eq!(got, msgs, "{spec}, chunk {chunk}");
+        }
+    }
 }
 
 #[test]
