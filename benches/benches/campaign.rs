@@ -97,7 +97,13 @@ fn campaign(c: &mut Criterion) {
     let w = workload();
     let streams: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..CONNECTIONS as u64)
-            .map(|conn| framing.encode_all(&w.messages(SEED, conn)).unwrap().0.to_vec())
+            .map(|conn| {
+                framing
+                    .encode_all(&w.messages(SEED, conn))
+                    .unwrap()
+                    .0
+                    .to_vec()
+            })
             .collect(),
     );
     let config = Arc::new(config(addr, framing));
@@ -128,8 +134,15 @@ fn campaign(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let mut report = Report::new(SEED);
-                    check(&config, &mut Quiet, &mut report).await.expect("check runs");
-                    assert_eq!(report.total_failures(), 0, "echo passes: {}", report.table());
+                    check(&config, &mut Quiet, &mut report)
+                        .await
+                        .expect("check runs");
+                    assert_eq!(
+                        report.total_failures(),
+                        0,
+                        "echo passes: {}",
+                        report.table()
+                    );
                     assert_eq!(report.rows[0].messages, (CONNECTIONS * MESSAGES) as u64);
                 }
                 start.elapsed()

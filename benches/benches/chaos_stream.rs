@@ -43,7 +43,9 @@ fn split_plan(spec: &str) -> Plan {
 }
 
 fn chaos_stream(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let data = benches::filler(LEN);
     let mut group = c.benchmark_group("chaos_stream");
     group.measurement_time(Duration::from_secs(3));
@@ -52,7 +54,11 @@ fn chaos_stream(c: &mut Criterion) {
     let pipe = || tokio::io::duplex(64 * 1024);
 
     group.bench_function("bare_duplex", |b| {
-        b.iter_batched(pipe, |(w, r)| rt.block_on(transfer(w, r, &data)), BatchSize::SmallInput)
+        b.iter_batched(
+            pipe,
+            |(w, r)| rt.block_on(transfer(w, r, &data)),
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("chaos_no_plan", |b| {
         b.iter_batched(
@@ -66,9 +72,18 @@ fn chaos_stream(c: &mut Criterion) {
     });
     let plans = [
         ("chaos_passthrough", Plan::passthrough(LEN)),
-        ("chaos_split1460", split_plan("split:max=1460:coarse=0:pause_us=0")),
-        ("chaos_split1460_paused", split_plan("split:max=1460:coarse=0")),
-        ("chaos_split64", split_plan("split:max=64:coarse=0:pause_us=0")),
+        (
+            "chaos_split1460",
+            split_plan("split:max=1460:coarse=0:pause_us=0"),
+        ),
+        (
+            "chaos_split1460_paused",
+            split_plan("split:max=1460:coarse=0"),
+        ),
+        (
+            "chaos_split64",
+            split_plan("split:max=64:coarse=0:pause_us=0"),
+        ),
     ];
     for (name, plan) in plans {
         group.bench_function(name, |b| {

@@ -66,19 +66,27 @@ fn decode(c: &mut Criterion) {
                     assert_eq!(feed(&mut codec, &plain, chunk), count);
                 })
             });
-            group.bench_with_input(BenchmarkId::new("chopstick", &param), &chunk, |b, &chunk| {
-                b.iter(|| {
-                    let mut codec = u32be.codec();
-                    assert_eq!(feed(&mut codec, &plain, chunk), count);
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new("chopstick", &param),
+                &chunk,
+                |b, &chunk| {
+                    b.iter(|| {
+                        let mut codec = u32be.codec();
+                        assert_eq!(feed(&mut codec, &plain, chunk), count);
+                    })
+                },
+            );
             group.throughput(Throughput::Bytes(hj.len() as u64));
-            group.bench_with_input(BenchmarkId::new("chopstick_hjson", &param), &chunk, |b, &chunk| {
-                b.iter(|| {
-                    let mut codec = hjson.codec();
-                    assert_eq!(feed(&mut codec, &hj, chunk), hj_count);
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new("chopstick_hjson", &param),
+                &chunk,
+                |b, &chunk| {
+                    b.iter(|| {
+                        let mut codec = hjson.codec();
+                        assert_eq!(feed(&mut codec, &hj, chunk), hj_count);
+                    })
+                },
+            );
         }
     }
     group.finish();

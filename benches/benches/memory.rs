@@ -30,7 +30,9 @@ fn main() {
     let (idle_conns, bulk_conns, bulk_mib) = if quick { (100, 10, 1) } else { (1000, 100, 16) };
     let nofile = benches::raise_nofile();
     if nofile < (2 * idle_conns + 64) as u64 {
-        eprintln!("memory: RLIMIT_NOFILE is {nofile}; too low for {idle_conns} connections, skipping");
+        eprintln!(
+            "memory: RLIMIT_NOFILE is {nofile}; too low for {idle_conns} connections, skipping"
+        );
         return;
     }
     let rt = benches::runtime();
@@ -52,14 +54,20 @@ fn main() {
             .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
             .join("criterion");
         let _ = std::fs::create_dir_all(&dir);
-        std::fs::write(dir.join("memory.json"), serde_json::to_string_pretty(&out).unwrap())
-            .expect("write memory.json");
+        std::fs::write(
+            dir.join("memory.json"),
+            serde_json::to_string_pretty(&out).unwrap(),
+        )
+        .expect("write memory.json");
     }
 }
 
 /// The child: run one relay to `BENCH_MEMORY_UPSTREAM` until stdin closes.
 fn relay(role: &str) {
-    let upstream: SocketAddr = std::env::var("BENCH_MEMORY_UPSTREAM").unwrap().parse().unwrap();
+    let upstream: SocketAddr = std::env::var("BENCH_MEMORY_UPSTREAM")
+        .unwrap()
+        .parse()
+        .unwrap();
     let rt = benches::runtime();
     rt.block_on(async {
         let (addr, keep): (SocketAddr, Box<dyn std::any::Any>) = match role {
@@ -110,12 +118,20 @@ async fn counting_sink() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;
     while !ok() {
-        assert!(Instant::now() < end, "memory bench: timed out waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "memory bench: timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn measure(role: &str, idle_conns: usize, bulk_conns: usize, bulk_mib: usize) -> serde_json::Value {
+async fn measure(
+    role: &str,
+    idle_conns: usize,
+    bulk_conns: usize,
+    bulk_mib: usize,
+) -> serde_json::Value {
     let (sink, accepted) = counting_sink().await;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env("BENCH_MEMORY_ROLE", role)
@@ -126,14 +142,23 @@ async fn measure(role: &str, idle_conns: usize, bulk_conns: usize, bulk_mib: usi
         .expect("spawn relay child");
     let pid = child.id();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.trim().strip_prefix("listening on ").expect("listening line").parse().unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .parse()
+        .unwrap();
     let rss = || benches::proc_status_kib(pid, "VmRSS").unwrap_or(0);
 
     // Warm the relay up with one transfer so lazily built state is in the baseline.
     {
         let mut s = benches::connect(addr).await;
-        benches::bulk_once(&mut s, &benches::bulk_data(1 << 20)).await.unwrap();
+        benches::bulk_once(&mut s, &benches::bulk_data(1 << 20))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = accepted.load(Ordering::SeqCst);
@@ -157,7 +182,9 @@ async fn measure(role: &str, idle_conns: usize, bulk_conns: usize, bulk_mib: usi
         let data = data.clone();
         tasks.spawn(async move {
             let mut s = benches::connect(addr).await;
-            benches::bulk_once(&mut s, &data).await.expect("bulk through relay");
+            benches::bulk_once(&mut s, &data)
+                .await
+                .expect("bulk through relay");
         });
     }
     let mut peak_sampled = 0;

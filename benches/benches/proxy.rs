@@ -130,7 +130,9 @@ fn proxy(c: &mut Criterion) {
                     let mut back = [0u8; 64];
                     let start = Instant::now();
                     for _ in 0..iters {
-                        benches::ping_once(&mut s, &msg, &mut back).await.expect("ping");
+                        benches::ping_once(&mut s, &msg, &mut back)
+                            .await
+                            .expect("ping");
                     }
                     start.elapsed()
                 }))

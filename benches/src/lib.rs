@@ -34,7 +34,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// A loopback listener on a free port.
 pub async fn listen() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind loopback")
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
 }
 
 /// A free loopback port, for relays that insist on binding their own listener.
@@ -222,7 +224,9 @@ impl Socat {
                 child,
             }),
             Err(e) => {
-                eprintln!("socat not runnable ({e}); skipping the socat peer (apt-get install -y socat)");
+                eprintln!(
+                    "socat not runnable ({e}); skipping the socat peer (apt-get install -y socat)"
+                );
                 None
             }
         }

@@ -106,7 +106,8 @@ impl Goals {
     /// `num / den` (throughputs) against `min`.
     fn ratio(&mut self, all: &BTreeMap<String, Est>, what: &str, num: &str, den: &str, min: f64) {
         let (Some(a), Some(b)) = (all.get(num), all.get(den)) else {
-            self.rows.push(format!("| {what} | ≥ {min} | not measured | |"));
+            self.rows
+                .push(format!("| {what} | ≥ {min} | not measured | |"));
             return;
         };
         let (Some(x), Some(y)) = (a.per_sec(), b.per_sec()) else {
@@ -131,7 +132,10 @@ fn main() {
     let mut all = BTreeMap::new();
     load(&dir, &mut all);
     if all.is_empty() {
-        eprintln!("no criterion estimates under {}; run `cargo bench -p benches` first", dir.display());
+        eprintln!(
+            "no criterion estimates under {}; run `cargo bench -p benches` first",
+            dir.display()
+        );
         std::process::exit(2);
     }
     let mut goals = Goals {
@@ -174,9 +178,14 @@ fn main() {
 
     let table = |title: &str, prefix: &str, base: Option<&str>| {
         println!("\n### {title}\n");
-        println!("| benchmark | median / iteration | throughput | vs {} |", base.unwrap_or("-"));
+        println!(
+            "| benchmark | median / iteration | throughput | vs {} |",
+            base.unwrap_or("-")
+        );
         println!("|---|---|---|---|");
-        let base_rate = base.and_then(|b| all.get(&format!("{prefix}/{b}"))).and_then(Est::per_sec);
+        let base_rate = base
+            .and_then(|b| all.get(&format!("{prefix}/{b}")))
+            .and_then(Est::per_sec);
         for (id, e) in all.range(format!("{prefix}/")..format!("{prefix}0")) {
             let name = &id[prefix.len() + 1..];
             let r = e.per_sec();
@@ -191,15 +200,59 @@ fn main() {
             );
         }
     };
-    table("chaos_stream (1 MiB through tokio::io::duplex)", "chaos_stream", Some("bare_duplex"));
-    goals.ratio(&all, "ChaosStream pass-through / bare duplex", "chaos_stream/chaos_passthrough", "chaos_stream/bare_duplex", 0.90);
-    goals.ratio(&all, "ChaosStream no plan / bare duplex", "chaos_stream/chaos_no_plan", "chaos_stream/bare_duplex", 0.90);
+    table(
+        "chaos_stream (1 MiB through tokio::io::duplex)",
+        "chaos_stream",
+        Some("bare_duplex"),
+    );
+    goals.ratio(
+        &all,
+        "ChaosStream pass-through / bare duplex",
+        "chaos_stream/chaos_passthrough",
+        "chaos_stream/bare_duplex",
+        0.90,
+    );
+    goals.ratio(
+        &all,
+        "ChaosStream no plan / bare duplex",
+        "chaos_stream/chaos_no_plan",
+        "chaos_stream/bare_duplex",
+        0.90,
+    );
 
-    table("proxy bulk (loopback, one connection)", "proxy_bulk", Some("direct"));
-    goals.ratio(&all, "proxy pass-through / noxious", "proxy_bulk/chopstick", "proxy_bulk/noxious", 1.1);
-    goals.ratio(&all, "proxy pass-through / socat", "proxy_bulk/chopstick", "proxy_bulk/socat", 1.0);
-    goals.ratio(&all, "proxy pass-through / direct loopback", "proxy_bulk/chopstick", "proxy_bulk/direct", 0.6);
-    goals.ratio(&all, "proxy split 1460 / noxious slicer 1460", "proxy_bulk/chopstick_split1460", "proxy_bulk/noxious_slicer1460", 50.0);
+    table(
+        "proxy bulk (loopback, one connection)",
+        "proxy_bulk",
+        Some("direct"),
+    );
+    goals.ratio(
+        &all,
+        "proxy pass-through / noxious",
+        "proxy_bulk/chopstick",
+        "proxy_bulk/noxious",
+        1.1,
+    );
+    goals.ratio(
+        &all,
+        "proxy pass-through / socat",
+        "proxy_bulk/chopstick",
+        "proxy_bulk/socat",
+        1.0,
+    );
+    goals.ratio(
+        &all,
+        "proxy pass-through / direct loopback",
+        "proxy_bulk/chopstick",
+        "proxy_bulk/direct",
+        0.6,
+    );
+    goals.ratio(
+        &all,
+        "proxy split 1460 / noxious slicer 1460",
+        "proxy_bulk/chopstick_split1460",
+        "proxy_bulk/noxious_slicer1460",
+        50.0,
+    );
 
     println!("\n### proxy ping-pong (64 B round trip)\n");
     println!("| relay | median RTT | added vs direct |");
@@ -233,8 +286,18 @@ fn main() {
         ));
     }
 
-    table("campaign (verified echo messages)", "campaign", Some("raw_echo"));
-    goals.ratio(&all, "campaign verified msgs/s / raw framed echo", "campaign/check_coalesce", "campaign/raw_echo", 0.25);
+    table(
+        "campaign (verified echo messages)",
+        "campaign",
+        Some("raw_echo"),
+    );
+    goals.ratio(
+        &all,
+        "campaign verified msgs/s / raw framed echo",
+        "campaign/check_coalesce",
+        "campaign/raw_echo",
+        0.25,
+    );
 
     // memory (written by the memory bench)
     if let Ok(text) = std::fs::read_to_string(dir.join("memory.json")) {
@@ -245,8 +308,13 @@ fn main() {
             for (name, m) in v["relays"].as_object().into_iter().flatten() {
                 println!(
                     "| {name} | {} KiB | {} KiB ({} conns) | {:.1} KiB | {} KiB ({} × {} MiB) |",
-                    m["baseline_kib"], m["idle_kib"], v["idle_conns"], m["per_idle_conn_kib"].as_f64().unwrap_or(0.0),
-                    m["bulk_peak_kib"], v["bulk_conns"], v["bulk_mib"]
+                    m["baseline_kib"],
+                    m["idle_kib"],
+                    v["idle_conns"],
+                    m["per_idle_conn_kib"].as_f64().unwrap_or(0.0),
+                    m["bulk_peak_kib"],
+                    v["bulk_conns"],
+                    v["bulk_mib"]
                 );
             }
             if let Some(per) = v["relays"]["chopstick"]["per_idle_conn_kib"].as_f64() {

@@ -21,7 +21,9 @@ pub struct Bandwidth {
 
 impl Default for Bandwidth {
     fn default() -> Self {
-        Bandwidth { rate: 4 * 1024 * 1024 }
+        Bandwidth {
+            rate: 4 * 1024 * 1024,
+        }
     }
 }
 

@@ -43,11 +43,20 @@ impl Default for Split {
 
 impl Split {
     /// Cuts `from..to` into chunks of 1..=`chunk` bytes, each followed by a pause.
-    fn cut_range(&self, events: &mut Events, from: usize, to: usize, chunk: usize, rng: &mut ChaCha8Rng) {
+    fn cut_range(
+        &self,
+        events: &mut Events,
+        from: usize,
+        to: usize,
+        chunk: usize,
+        rng: &mut ChaCha8Rng,
+    ) {
         let mut at = from;
         // Each round moves `at` forward by at least one byte: at most `to - from` rounds.
         while at < to {
-            at = at.saturating_add(rng.random_range(1..=chunk.max(1))).min(to);
+            at = at
+                .saturating_add(rng.random_range(1..=chunk.max(1)))
+                .min(to);
             events.cut_with_pause(at, self.pause_us);
         }
     }
@@ -67,14 +76,22 @@ impl Fault for Split {
             body: 0..len,
             end: len,
         }];
-        let frames = if frames.is_empty() { &whole[..] } else { frames };
+        let frames = if frames.is_empty() {
+            &whole[..]
+        } else {
+            frames
+        };
         let edge = max.saturating_mul(4);
         let mut at = 0;
         for f in frames.iter().filter(|f| f.end <= len) {
             let fine_until = f.body.start.saturating_add(edge).min(f.end);
             let fine_from = f.body.end.saturating_sub(edge).max(fine_until);
             self.cut_range(&mut events, at, fine_until, max, rng);
-            let middle = if self.coarse == 0 { max } else { self.coarse.max(max) };
+            let middle = if self.coarse == 0 {
+                max
+            } else {
+                self.coarse.max(max)
+            };
             self.cut_range(&mut events, fine_until, fine_from, middle, rng);
             self.cut_range(&mut events, fine_from, f.end, max, rng);
             at = f.end;
