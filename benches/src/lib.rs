@@ -172,7 +172,7 @@ pub fn raise_nofile() -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
