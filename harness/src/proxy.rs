@@ -67,7 +67,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use rand_chacha::ChaCha8Rng;
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -656,7 +656,9 @@ fn reset(stream: TcpStream) {
 
 /// Reads and throws away until EOF or error.
 async fn discard(stream: &mut TcpStream) {
-    let mut sink = [0u8; 16 * 1024];
+    // On the heap, only once needed: an array here would sit in every connection's
+    // future (two of them, 32 KiB) for the connection's whole life.
+    let mut sink = vec![0u8; 16 * 1024];
     while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
@@ -764,7 +766,9 @@ async fn relay_inner(
     } else {
         config.read_buffer
     };
-    let mut held = BytesMut::with_capacity(config.read_buffer.min(cap));
+    // Allocated by the first read that finds bytes (see `read_some`): a connection that
+    // never speaks costs no read buffer.
+    let mut held = BytesMut::new();
     // When the oldest held byte must go on at the latest.
     let mut hold_deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -821,8 +825,16 @@ async fn relay_inner(
     }
 }
 
+/// How long an empty read buffer may sit unused before it is freed, so a connection
+/// that goes quiet holds no buffer while it waits.
+const RELEASE_AFTER: Duration = Duration::from_millis(250);
+
 /// Reads at most `room` more bytes into `held`, waiting no longer than the hold
 /// deadline (if bytes are held) and the connection's idle limit.
+///
+/// Reads go into `held`'s spare capacity (no zero-filling). While nothing is readable
+/// the task waits for readiness without needing a buffer: `held` is only allocated
+/// once bytes are there, and an empty one is freed after [`RELEASE_AFTER`] of quiet.
 async fn read_some(
     src: &mut ReadHalf<'_>,
     held: &mut BytesMut,
@@ -842,25 +854,35 @@ async fn read_some(
             .saturating_sub(conn.idle_for())
             .max(Duration::from_millis(1));
         let wait_until = hold_deadline.map_or(now + idle_wait, |d| d.min(now + idle_wait));
-        let old = held.len();
-        held.resize(old + room, 0);
-        let read = tokio::time::timeout_at(wait_until, src.read(&mut held[old..])).await;
-        let n = match read {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                held.truncate(old);
-                return Got::Failed(e);
+        if held.capacity() > 0 {
+            held.reserve(room);
+            match src.as_ref().try_read_buf(&mut (&mut *held).limit(room)) {
+                Ok(0) => return Got::Eof,
+                Ok(n) => return Got::Data(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Got::Failed(e),
             }
+        }
+        let release = held.is_empty() && held.capacity() > 0;
+        let until = if release {
+            wait_until.min(now + RELEASE_AFTER)
+        } else {
+            wait_until
+        };
+        match tokio::time::timeout_at(until, src.as_ref().readable()).await {
+            Ok(Ok(())) => {
+                if held.capacity() == 0 {
+                    held.reserve(room);
+                }
+            }
+            Ok(Err(e)) => return Got::Failed(e),
+            Err(_) if release && until < wait_until => *held = BytesMut::new(),
             Err(_) => {
-                held.truncate(old);
                 if hold_deadline.is_none() && conn.idle_for() >= idle {
                     return Got::Idle;
                 }
-                continue;
             }
-        };
-        held.truncate(old + n);
-        return if n == 0 { Got::Eof } else { Got::Data(n) };
+        }
     }
 }
 

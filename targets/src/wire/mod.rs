@@ -117,6 +117,7 @@ impl Decoder for FrameCodec {
     type Item = Bytes;
     type Error = WireError;
 
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
         match self {
             FrameCodec::Length(c) => c.decode(src),
