@@ -135,8 +135,12 @@ pub struct ReplayOutcome {
     pub attempts: usize,
 }
 
+/// Least gap between writes on replay: the plan's cuts are kept exactly, and wider gaps
+/// make them reach the server as separate reads even on a busy machine.
+pub const REPLAY_MIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Runs the case again, up to `attempts` times (timing-dependent failures may need a
-/// second try); stops at the first failure.
+/// second try); stops at the first failure. Writes are at least [`REPLAY_MIN_PAUSE`] apart.
 pub async fn replay(
     r: &Reproducer,
     attempts: usize,
@@ -145,6 +149,7 @@ pub async fn replay(
     let mut target = Target::start(&r.target).await?;
     let mut config = r.config.clone();
     config.timing = timing;
+    config.timing.min_pause = config.timing.min_pause.max(REPLAY_MIN_PAUSE);
     let case = r.case();
     let mut last = None;
     for attempt in 1..=attempts.max(1) {

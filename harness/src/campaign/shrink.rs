@@ -14,6 +14,11 @@ use crate::chaos::{Ending, Plan, Step};
 
 /// Runs allowed while shrinking one failure.
 pub const DEFAULT_BUDGET: usize = 80;
+/// Least gap between writes while shrinking. A candidate that passes only because a
+/// busy machine merged two writes on the reader's side would stop the shrink early;
+/// wider gaps keep the same cuts but make them reliably visible.
+pub const SHRINK_MIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Wall time allowed while shrinking one failure: a hang costs a whole reply timeout
 /// per run, so the run budget alone does not bound it.
 pub const DEFAULT_TIME: std::time::Duration = std::time::Duration::from_secs(20);
@@ -128,6 +133,9 @@ pub async fn shrink(
     time: std::time::Duration,
 ) -> (Case, CaseResult, usize) {
     let started = std::time::Instant::now();
+    let mut wide = config.clone();
+    wide.timing.min_pause = wide.timing.min_pause.max(SHRINK_MIN_PAUSE);
+    let config = &wide;
     let mut best = (case, first);
     let mut runs = 0;
     let budget = move |runs: usize| runs < budget && started.elapsed() < time;
