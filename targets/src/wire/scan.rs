@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use serde_json::Value;
 
-use super::{Endian, FrameLayout, Framing, LengthSpec, WireError, MAX_HEADER};
+use super::{FrameLayout, Framing, WireError, MAX_HEADER};
 
 /// Stands for "not known yet" in a [`StreamFrame`] bound (e.g. the body end before the
 /// length field has arrived). Clipping maps it to the end of the window.
@@ -242,7 +242,7 @@ fn header_done(framing: &Framing, header: &[u8], start: u64) -> Result<HeaderDon
         HeaderDone::Body(from..from + len)
     };
     match framing {
-        Framing::Length(spec) => Ok(body_at(payload_len(spec, header)?)),
+        Framing::Length(spec) => Ok(body_at(spec.payload_len(header)? as u64)),
         Framing::Line { .. } => unreachable!("line frames have no header stage"),
         Framing::Hjson { max } => {
             if header.len() == 4 {
@@ -262,43 +262,6 @@ fn header_done(framing: &Framing, header: &[u8], start: u64) -> Result<HeaderDon
             Ok(body_at(hjson_size(&header[4..], *max)?))
         }
     }
-}
-
-/// The payload length a length-framing header announces, checked like [`super::LengthCodec`].
-fn payload_len(spec: &LengthSpec, header: &[u8]) -> Result<u64, WireError> {
-    let field = &header[spec.offset..spec.header_len()];
-    let mut raw = 0u64;
-    match spec.endian {
-        Endian::Big => field.iter().for_each(|&b| raw = raw << 8 | u64::from(b)),
-        Endian::Little => field
-            .iter()
-            .rev()
-            .for_each(|&b| raw = raw << 8 | u64::from(b)),
-    }
-    let value = if spec.signed {
-        let shift = 64 - 8 * spec.width as u32;
-        let signed = ((raw << shift) as i64) >> shift;
-        if signed < 0 {
-            return Err(WireError::NegativeLength(signed));
-        }
-        signed as i128
-    } else {
-        raw as i128
-    };
-    let len = value + spec.adjust as i128;
-    if len < 0 {
-        return Err(WireError::LengthUnderflow {
-            field: raw,
-            adjust: spec.adjust,
-        });
-    }
-    if len > spec.max as i128 {
-        return Err(WireError::FrameTooLarge {
-            len: len.min(u64::MAX as i128) as u64,
-            max: spec.max,
-        });
-    }
-    Ok(len as u64)
 }
 
 /// The body size an hjson header announces, checked like [`super::HjsonCodec`].
