@@ -344,19 +344,7 @@ impl ProxyCounters {
         deadline: Duration,
         pred: impl Fn(&ProxySnapshot) -> bool,
     ) -> Result<ProxySnapshot, ProxySnapshot> {
-        let wait = async {
-            loop {
-                let notified = self.changed.notified();
-                let snap = self.snapshot();
-                if pred(&snap) {
-                    return snap;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| self.snapshot())
+        targets::server::wait_for(&self.changed, deadline, || self.snapshot(), pred).await
     }
 
     fn add(&self, c: &AtomicU64, n: u64) {

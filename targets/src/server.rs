@@ -194,20 +194,33 @@ impl Counters {
         deadline: Duration,
         pred: impl Fn(&CounterSnapshot) -> bool,
     ) -> Result<CounterSnapshot, CounterSnapshot> {
-        let wait = async {
-            loop {
-                let notified = self.changed.notified();
-                let snap = self.snapshot();
-                if pred(&snap) {
-                    return snap;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| self.snapshot())
+        wait_for(&self.changed, deadline, || self.snapshot(), pred).await
     }
+}
+
+/// Waits (at most `deadline`) until `pred` holds for `snapshot()`, looking again each
+/// time `changed` is notified; returns the last snapshot either way. Every counters
+/// type (servers, proxy, UDP relay) waits through this.
+pub async fn wait_for<S>(
+    changed: &Notify,
+    deadline: Duration,
+    snapshot: impl Fn() -> S,
+    pred: impl Fn(&S) -> bool,
+) -> Result<S, S> {
+    let wait = async {
+        loop {
+            // Registered before the look, so a change in between is not missed.
+            let notified = changed.notified();
+            let snap = snapshot();
+            if pred(&snap) {
+                return snap;
+            }
+            notified.await;
+        }
+    };
+    tokio::time::timeout(deadline, wait)
+        .await
+        .map_err(|_| snapshot())
 }
 
 /// Binds a listener with SO_REUSEADDR (a restart on the same port works at once) and

@@ -179,19 +179,7 @@ impl RelayStats {
         deadline: Duration,
         pred: impl Fn(&RelaySnapshot) -> bool,
     ) -> Result<RelaySnapshot, RelaySnapshot> {
-        let wait = async {
-            loop {
-                let notified = self.changed.notified();
-                let snap = self.snapshot();
-                if pred(&snap) {
-                    return snap;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| self.snapshot())
+        targets::server::wait_for(&self.changed, deadline, || self.snapshot(), pred).await
     }
 }
 

@@ -149,19 +149,7 @@ impl UdpCounters {
         deadline: Duration,
         pred: impl Fn(&UdpCounterSnapshot) -> bool,
     ) -> Result<UdpCounterSnapshot, UdpCounterSnapshot> {
-        let wait = async {
-            loop {
-                let notified = self.changed.notified();
-                let snap = self.snapshot();
-                if pred(&snap) {
-                    return snap;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(deadline, wait)
-            .await
-            .map_err(|_| self.snapshot())
+        crate::server::wait_for(&self.changed, deadline, || self.snapshot(), pred).await
     }
 }
 
