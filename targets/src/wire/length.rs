@@ -58,24 +58,36 @@ impl LengthCodec {
     }
 }
 
+impl LengthCodec {
+    /// Consumes a complete header and returns its payload length (`None`: not whole yet).
+    #[inline(never)]
+    fn take_header(&mut self, src: &mut BytesMut) -> Result<Option<usize>, WireError> {
+        if src.len() < self.spec.header_len() {
+            return Ok(None);
+        }
+        let len = self.spec.payload_len(src)?;
+        // The header is consumed as soon as it is whole, even without the body.
+        src.advance(self.spec.header_len());
+        src.reserve(len.saturating_sub(src.len()));
+        self.pending = Some(len);
+        Ok(Some(len))
+    }
+}
+
 impl Decoder for LengthCodec {
     type Item = Bytes;
     type Error = WireError;
 
+    // Inlined: with small reads this runs once per read while a body is still
+    // arriving, and then only compares two lengths (the header path stays out of line).
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
         let len = match self.pending {
             Some(len) => len,
-            None => {
-                if src.len() < self.spec.header_len() {
-                    return Ok(None);
-                }
-                let len = self.spec.payload_len(src)?;
-                // The header is consumed as soon as it is whole, even without the body.
-                src.advance(self.spec.header_len());
-                src.reserve(len.saturating_sub(src.len()));
-                self.pending = Some(len);
-                len
-            }
+            None => match self.take_header(src)? {
+                Some(len) => len,
+                None => return Ok(None),
+            },
         };
         if src.len() < len {
             return Ok(None);
