@@ -2,26 +2,21 @@
 //! concurrent bulk transfers, read from `/proc/<pid>/status` (VmRSS, VmHWM).
 //!
 //! Not a criterion benchmark (criterion times things; this measures a process). The
-//! binary re-executes itself as the relay (`BENCH_MEMORY_ROLE=chopstick|noxious`), so
+//! binary re-executes itself as the relay (`benches::RelayProcess`), so
 //! the measured process holds only the relay: clients and the sink stay in the parent.
 //! Per idle connection = (RSS with N idle connections - RSS before) / N; each idle
 //! connection is a client socket the relay accepted plus its upstream connection.
 //! Results go to stdout and, in a full run, to `target/criterion/memory.json` for
 //! `bench-report`. `--test` (criterion's quick mode, used by `ci/bench`) runs small.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-
 fn main() {
-    benches::raise_nofile();
-    if let Ok(role) = std::env::var("BENCH_MEMORY_ROLE") {
-        return relay(&role);
+    if benches::relay_child() {
+        return;
     }
     if std::env::args().any(|a| a == "--list") {
         return; // criterion-style listing: nothing to list
@@ -60,37 +55,6 @@ fn main() {
         )
         .expect("write memory.json");
     }
-}
-
-/// The child: run one relay to `BENCH_MEMORY_UPSTREAM` until stdin closes.
-fn relay(role: &str) {
-    let upstream: SocketAddr = std::env::var("BENCH_MEMORY_UPSTREAM")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let rt = benches::runtime();
-    rt.block_on(async {
-        let (addr, keep): (SocketAddr, Box<dyn std::any::Any>) = match role {
-            "chopstick" => {
-                let mut config = harness::proxy::ProxyConfig::new(upstream);
-                config.max_conns = 4096;
-                let listener = targets::server::bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
-                let h = harness::proxy::ProxyHandle::spawn(listener, config).unwrap();
-                (h.addr, Box::new(h))
-            }
-            "noxious" => {
-                let n = benches::nox::spawn(upstream, vec![]).await;
-                (n.addr, Box::new(n))
-            }
-            _ => panic!("unknown role {role}"),
-        };
-        println!("listening on {addr}");
-        // Exit when the parent closes our stdin (or dies).
-        let mut stdin = tokio::io::stdin();
-        let mut b = [0u8; 1];
-        let _ = stdin.read(&mut b).await;
-        drop(keep);
-    });
 }
 
 /// A sink counting accepted connections (bulk transfers as in `benches::spawn_sink`).
@@ -133,24 +97,8 @@ async fn measure(
     bulk_mib: usize,
 ) -> serde_json::Value {
     let (sink, accepted) = counting_sink().await;
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("BENCH_MEMORY_ROLE", role)
-        .env("BENCH_MEMORY_UPSTREAM", sink.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn relay child");
-    let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .parse()
-        .unwrap();
+    let relay = benches::RelayProcess::spawn(role, sink);
+    let (addr, pid) = (relay.addr, relay.pid());
     let rss = || benches::proc_status_kib(pid, "VmRSS").unwrap_or(0);
 
     // Warm the relay up with one transfer so lazily built state is in the baseline.
@@ -198,8 +146,7 @@ async fn measure(
     let bulk_secs = started.elapsed().as_secs_f64();
     let hwm = benches::proc_status_kib(pid, "VmHWM").unwrap_or(0);
     drop(idle);
-    drop(child.stdin.take());
-    let _ = child.wait();
+    drop(relay);
     serde_json::json!({
         "baseline_kib": baseline,
         "idle_kib": idle_rss,

@@ -1,10 +1,13 @@
 //! proxy: bulk transfer and ping-pong over loopback, direct vs through relays.
 //!
-//! Relays, all measured in this run: the chopstick proxy (plain; `split` at 1460 and 64
-//! byte pieces with zero pause and `min_pause` 0; `coalesce` with zero pause, frame-aware),
-//! noxious (Toxiproxy's Rust port, in-process on the same runtime) with no toxic and
-//! with its slicer toxic at 1460 bytes, and socat (its own process) where installed.
-//! Client, sink/echo server and in-process relays share one 2-worker tokio runtime.
+//! Relays, all measured in this run. In processes of their own, the way they are
+//! deployed: the chopstick proxy (`chopstick`: this binary re-executed as the relay,
+//! see `benches::RelayProcess`), noxious (Toxiproxy's Rust port) and socat where
+//! installed. In-process, on the runtime that also runs the client and the sink
+//! (`_inproc`, and every faulted row): the chopstick proxy plain, with `split` at 1460
+//! and 64 byte pieces (zero pause, `min_pause` 0) and with frame-aware `coalesce`;
+//! noxious plain and with its slicer toxic at 1460 bytes. Pass-through goals compare
+//! processes with processes; fault goals compare in-process relays with each other.
 //!
 //! Bulk: one persistent connection; an iteration announces N bytes of 16 KiB `u32be`
 //! frames, writes them (64 KiB writes) and waits for the sink's one-byte ack.
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::nox;
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use tokio::runtime::Runtime;
 
 const SPLIT1460: &str = "split:max=1460:coarse=0:pause_us=0";
@@ -41,8 +44,16 @@ fn relays(rt: &Runtime) -> Relays {
         let mut bulk = vec![("direct", sink, 8 << 20)];
         let mut ping = vec![("direct", echo)];
 
+        for role in ["chopstick", "noxious"] {
+            let p = benches::RelayProcess::spawn(role, sink);
+            bulk.push((role, p.addr, 8 << 20));
+            keep.push(Box::new(p));
+            let p = benches::RelayProcess::spawn(role, echo);
+            ping.push((role, p.addr));
+            keep.push(Box::new(p));
+        }
         let p = benches::spawn_chopstick_proxy(sink, "", None).await;
-        bulk.push(("chopstick", p.addr, 8 << 20));
+        bulk.push(("chopstick_inproc", p.addr, 8 << 20));
         keep.push(Box::new(p));
         let p = benches::spawn_chopstick_proxy(sink, SPLIT1460, None).await;
         bulk.push(("chopstick_split1460", p.addr, 4 << 20));
@@ -54,17 +65,14 @@ fn relays(rt: &Runtime) -> Relays {
         bulk.push(("chopstick_coalesce", p.addr, 8 << 20));
         keep.push(Box::new(p));
         let p = benches::spawn_chopstick_proxy(echo, "", None).await;
-        ping.push(("chopstick", p.addr));
+        ping.push(("chopstick_inproc", p.addr));
         keep.push(Box::new(p));
 
         let n = nox::spawn(sink, vec![]).await;
-        bulk.push(("noxious", n.addr, 8 << 20));
+        bulk.push(("noxious_inproc", n.addr, 8 << 20));
         keep.push(Box::new(n));
         let n = nox::spawn(sink, vec![nox::slicer(1460)]).await;
         bulk.push(("noxious_slicer1460", n.addr, 128 << 10));
-        keep.push(Box::new(n));
-        let n = nox::spawn(echo, vec![]).await;
-        ping.push(("noxious", n.addr));
         keep.push(Box::new(n));
 
         if let Some(s) = benches::Socat::spawn(sink) {
@@ -144,4 +152,12 @@ fn proxy(c: &mut Criterion) {
 }
 
 criterion_group!(benches, proxy);
-criterion_main!(benches);
+
+// criterion_main!, plus the relay-process role of this binary.
+fn main() {
+    if benches::relay_child() {
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

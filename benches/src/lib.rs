@@ -198,6 +198,95 @@ pub async fn spawn_chopstick_proxy(
     harness::proxy::ProxyHandle::spawn(listen().await, config).expect("spawn proxy")
 }
 
+/// A relay in a process of its own: the bench binary re-executed with
+/// `BENCH_RELAY=chopstick|noxious` (see [`relay_child`]), relaying a free loopback port
+/// to `upstream`, the way `chopstick proxy` runs. Its runtime is the CLI's (two workers
+/// on this machine) and holds nothing but the relay, so the bench's clients and servers
+/// do not compete with it for the same worker threads. Stops when dropped.
+pub struct RelayProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl RelayProcess {
+    pub fn spawn(role: &str, upstream: SocketAddr) -> RelayProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .env("BENCH_RELAY", role)
+            .env("BENCH_RELAY_UPSTREAM", upstream.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn relay process");
+        let mut line = String::new();
+        io::BufReader::new(child.stdout.take().expect("child stdout"))
+            .read_line(&mut line)
+            .expect("relay process announces its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("relay process said {line:?}"));
+        RelayProcess { addr, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        // Closing stdin asks it to stop; the kill covers a child that does not listen.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Call first in a bench binary's `main`: when this process is a [`RelayProcess`],
+/// runs the relay until stdin closes and returns `true` (then return from `main`).
+pub fn relay_child() -> bool {
+    let Ok(role) = std::env::var("BENCH_RELAY") else {
+        return false;
+    };
+    raise_nofile();
+    let upstream: SocketAddr = std::env::var("BENCH_RELAY_UPSTREAM")
+        .expect("BENCH_RELAY_UPSTREAM")
+        .parse()
+        .expect("upstream address");
+    runtime().block_on(async {
+        let (addr, keep): (SocketAddr, Box<dyn std::any::Any>) = match role.as_str() {
+            "chopstick" => {
+                let mut config = harness::proxy::ProxyConfig::new(upstream);
+                config.max_conns = 4096;
+                let listener = targets::server::bind("127.0.0.1:0".parse().unwrap(), 4096)
+                    .expect("bind relay");
+                let h = harness::proxy::ProxyHandle::spawn(listener, config).expect("proxy");
+                (h.addr, Box::new(h))
+            }
+            "noxious" => {
+                let n = nox::spawn(upstream, vec![]).await;
+                (n.addr, Box::new(n))
+            }
+            _ => panic!("unknown relay {role}"),
+        };
+        println!("listening on {addr}");
+        // Until the parent closes our stdin (or dies).
+        let mut b = [0u8; 1];
+        let _ = tokio::io::stdin().read(&mut b).await;
+        drop(keep);
+    });
+    true
+}
+
 /// socat, if installed, relaying a free loopback port to `upstream` (64 KiB buffer,
 /// NODELAY both sides, a forked child per connection). `None` with a message otherwise.
 pub struct Socat {

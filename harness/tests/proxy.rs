@@ -618,6 +618,42 @@ fn half_closed_client_still_receives_the_reply() {
     })
 }
 
+/// A connection that goes quiet after its first bytes is closed (FIN both ways) once
+/// `idle_timeout` passes, by the plain relay and by the faulted one alike.
+#[test]
+fn quiet_connection_is_closed_with_fins_after_the_idle_timeout() {
+    let _gate = shared();
+    runtime().block_on(async {
+        for faulted in [false, true] {
+            let (up, server) = upstream(|mut s| {
+                s.write_all(b"hello").unwrap();
+                read_all(&mut s)
+            });
+            let proxy = proxy(up, |c| {
+                c.idle_timeout = Duration::from_millis(300);
+                if faulted {
+                    c.plans = Some(split_plans(2));
+                }
+            });
+            let addr = proxy.addr;
+            let client_got = blocking(move || {
+                let mut client = connect(addr);
+                client.write_all(b"ping").unwrap();
+                // No FIN from here: only the idle limit can end this connection.
+                read_all(&mut client)
+            })
+            .await;
+            let server_got = join(server).await.expect("upstream served");
+            assert_eq!(client_got.data, b"hello", "faulted={faulted}");
+            assert_eq!(client_got.end, End::Eof, "faulted={faulted}");
+            assert_eq!(server_got.data, b"ping", "faulted={faulted}");
+            assert_eq!(server_got.end, End::Eof, "faulted={faulted}");
+            wait_idle(&proxy).await;
+            proxy.shutdown().await.unwrap();
+        }
+    })
+}
+
 /// This process's open file descriptors, where the OS lists them.
 fn open_fds() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())

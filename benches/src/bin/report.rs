@@ -227,9 +227,16 @@ fn main() {
     );
     goals.ratio(
         &all,
-        "proxy pass-through / noxious",
+        "proxy pass-through / noxious (own processes)",
         "proxy_bulk/chopstick",
         "proxy_bulk/noxious",
+        1.1,
+    );
+    goals.ratio(
+        &all,
+        "proxy pass-through / noxious (both in-process)",
+        "proxy_bulk/chopstick_inproc",
+        "proxy_bulk/noxious_inproc",
         1.1,
     );
     goals.ratio(
@@ -241,7 +248,7 @@ fn main() {
     );
     goals.ratio(
         &all,
-        "proxy pass-through / direct loopback",
+        "proxy pass-through (own process) / direct loopback",
         "proxy_bulk/chopstick",
         "proxy_bulk/direct",
         0.6,

@@ -11,8 +11,9 @@
 //! [`ProxyConfig::plans`] when set) with that direction's RNG,
 //! `conn_rng(seed, conn, dir)`, and carries it out with [`PlanWriter`]: one write per
 //! chunk, pauses, and at least [`ProxyConfig::min_pause`] between writes. The other
-//! relays copy bytes as they come. The same seed, the same batches and the same
-//! arguments give the same plans; batches depend on how the peers' bytes arrive.
+//! relays copy bytes as they come, reading and writing at once (`pump.rs`). The same
+//! seed, the same batches and the same arguments give the same plans; batches depend
+//! on how the peers' bytes arrive.
 //!
 //! With [`ProxyConfig::framing`] the relay is frame-aware: a [`FrameScanner`] follows
 //! the stream across reads, and each batch comes with the layouts of its frames
@@ -80,6 +81,8 @@ use tokio_util::sync::CancellationToken;
 use crate::chaos::tcp::{drain_unsent, ExecError, ExecOptions, PlanWriter};
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
 use targets::wire::{FrameLayout, FrameScanner, Framing, StreamFrame};
+
+mod pump;
 
 /// The signature of a plan source: `(batch length, frame layouts in the batch, rng)`.
 pub type PlanFn = dyn Fn(usize, &[FrameLayout], &mut ChaCha8Rng) -> Plan + Send + Sync;
@@ -200,8 +203,12 @@ pub struct ProxyConfig {
     pub min_pause: Duration,
     /// Holding of bytes to gather whole frames (frame-aware faulted relays only).
     pub hold: Hold,
-    /// Bytes read from a peer at once.
+    /// Bytes read from a peer at once, at first.
     pub read_buffer: usize,
+    /// A direction whose reads keep filling the buffer (a bulk transfer) doubles it up
+    /// to this: fewer reads, writes and wakeups per byte. It starts again from
+    /// `read_buffer` once the direction goes quiet and its buffer is freed.
+    pub read_buffer_max: usize,
     /// Giving up on the upstream; the client is then reset.
     pub connect_timeout: Duration,
     /// A connection with no byte in either direction for this long is closed.
@@ -231,6 +238,7 @@ impl ProxyConfig {
             min_pause: crate::chaos::tcp::DEFAULT_MIN_PAUSE,
             hold: Hold::default(),
             read_buffer: 64 * 1024,
+            read_buffer_max: 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
@@ -245,6 +253,11 @@ impl ProxyConfig {
         let zero = |what: &str| Err(ProxyError::Config(format!("{what} must be positive")));
         if self.read_buffer == 0 {
             return zero("read_buffer");
+        }
+        if self.read_buffer_max < self.read_buffer {
+            return Err(ProxyError::Config(
+                "read_buffer_max must be at least read_buffer".into(),
+            ));
         }
         if self.hold.max_bytes == 0 {
             return zero("hold.max_bytes");
@@ -742,18 +755,17 @@ async fn relay_inner(
     stats: &mut DirStats,
 ) -> DirEnd {
     let config = conn.config;
-    let mut chaos = config.faulted(dir).then(|| Chaos {
+    if !config.faulted(dir) {
+        return pump::pump(src, dst, conn, dir, stats).await;
+    }
+    let mut chaos = Chaos {
         rng: conn_rng(config.seed, conn.id, dir),
         writer: PlanWriter::new(config.exec_options()),
         scanner: config.framing.map(FrameScanner::new),
         frames: VecDeque::new(),
         base: 0,
-    });
-    let cap = if chaos.is_some() {
-        config.hold.max_bytes.max(config.read_buffer)
-    } else {
-        config.read_buffer
     };
+    let cap = config.hold.max_bytes.max(config.read_buffer);
     // Allocated by the first read that finds bytes (see `read_some`): a connection that
     // never speaks costs no read buffer.
     let mut held = BytesMut::new();
@@ -765,9 +777,7 @@ async fn relay_inner(
         let forced = match got {
             Got::Data(n) => {
                 conn.touch();
-                if let Some(chaos) = &mut chaos {
-                    chaos.scan(&held[held.len() - n..], conn.id, dir);
-                }
+                chaos.scan(&held[held.len() - n..], conn.id, dir);
                 hold_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + config.hold.max_wait);
                 false
@@ -777,7 +787,7 @@ async fn relay_inner(
             Got::Eof | Got::Failed(_) => {
                 // What was read before the end still goes on, as it would have
                 // without the proxy; then the end itself.
-                let flushed = deliver(dst, &mut held, chaos.as_mut(), conn, dir, stats).await;
+                let flushed = deliver(dst, &mut held, &mut chaos, conn, dir, stats).await;
                 if let Err(end) = flushed {
                     return end;
                 }
@@ -794,15 +804,16 @@ async fn relay_inner(
                 };
             }
         };
-        let n = match &chaos {
-            Some(chaos) if !forced => chaos.releasable(held.len(), &config.hold),
-            _ => held.len(),
+        let n = if forced {
+            held.len()
+        } else {
+            chaos.releasable(held.len(), &config.hold)
         };
         if n == 0 {
             continue;
         }
         let mut batch = held.split_to(n);
-        let result = deliver(dst, &mut batch, chaos.as_mut(), conn, dir, stats).await;
+        let result = deliver(dst, &mut batch, &mut chaos, conn, dir, stats).await;
         // The split-off batch is gone; let the next reads reuse its space.
         drop(batch);
         hold_deadline =
@@ -874,12 +885,11 @@ async fn read_some(
     }
 }
 
-/// Passes `batch` on to `dst`, through a plan if this direction is faulted, and
-/// empties it. `Err` = the connection must end that way.
+/// Passes `batch` on to `dst` through a plan, and empties it. `Err` = the connection must end that way.
 async fn deliver(
     dst: &mut WriteHalf<'_>,
     batch: &mut BytesMut,
-    chaos: Option<&mut Chaos>,
+    chaos: &mut Chaos,
     conn: &Conn<'_>,
     dir: Direction,
     stats: &mut DirStats,
@@ -889,25 +899,6 @@ async fn deliver(
     }
     let n = batch.len();
     let counters = &conn.config.counters;
-    let Some(chaos) = chaos else {
-        let stall = conn.config.stall_timeout;
-        let written = tokio::time::timeout(stall, dst.write_all(batch)).await;
-        batch.clear();
-        return match written {
-            Ok(Ok(())) => {
-                stats.bytes += n as u64;
-                stats.batches += 1;
-                stats.writes += 1;
-                counters.delivered(dir, n);
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(conn = conn.id, ?dir, "destination gone: {e}");
-                Err(DirEnd::DestGone)
-            }
-            Err(_) => Err(DirEnd::Stalled),
-        };
-    };
     let layouts = chaos.layouts(n);
     let plan = conn.config.plan(n, &layouts, &mut chaos.rng);
     tracing::debug!(conn = conn.id, ?dir, offset = chaos.base, len = n, frames = layouts.len(), %plan, "plan");
