@@ -207,8 +207,12 @@ pub async fn drive_with(
                         } else {
                             end
                         };
-                        if let Some(t) = last_write {
-                            tokio::time::sleep_until(t + timing.min_pause).await;
+                        // Only when there is something left to wait: a tokio sleep that is
+                        // already due still waits for the next timer tick (up to 1 ms).
+                        if let Some(due) = last_write.map(|t| t + timing.min_pause) {
+                            if due > tokio::time::Instant::now() {
+                                tokio::time::sleep_until(due).await;
+                            }
                         }
                         // A server that stops reading must not stall us forever.
                         let written = tokio::time::timeout(
@@ -229,6 +233,7 @@ pub async fn drive_with(
                     }
                     offset = end;
                 }
+                Step::Pause(0) | Step::Stall(0) => {}
                 Step::Pause(us) | Step::Stall(us) => {
                     tokio::time::sleep(Duration::from_micros(us)).await
                 }

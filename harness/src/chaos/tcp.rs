@@ -184,8 +184,11 @@ impl PlanWriter {
                 }
                 Step::Pause(us) => {
                     let pause = Duration::from_micros(us).min(self.opts.max_pause);
-                    tokio::time::sleep(pause).await;
-                    done.paused += pause;
+                    // A zero sleep would still wait for the next timer tick (up to 1 ms).
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                        done.paused += pause;
+                    }
                 }
                 Step::Close => {
                     sink.shutdown().await?;

@@ -238,7 +238,7 @@ impl ProxyConfig {
             min_pause: crate::chaos::tcp::DEFAULT_MIN_PAUSE,
             hold: Hold::default(),
             read_buffer: 64 * 1024,
-            read_buffer_max: 1024 * 1024,
+            read_buffer_max: 256 * 1024,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),

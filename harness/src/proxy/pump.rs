@@ -53,14 +53,20 @@ pub(super) async fn pump(
     loop {
         let mut moved = false;
         // Read until the source has nothing more or the buffer is full, then write
-        // until the destination takes no more or the buffer is empty: big batches,
-        // few syscalls per byte. Every turn of these loops moves bytes or leaves.
+        // until the destination takes no more or the buffer is empty: big batches, few
+        // syscalls per byte. Bytes waiting for the destination are never moved: more
+        // is read behind them only into the room the buffer already has. Every turn of
+        // these loops moves bytes or leaves.
         while ended.is_none() && buf.capacity() > 0 {
-            let room = size.now.saturating_sub(buf.len());
+            let mut room = size.now.saturating_sub(buf.len());
+            if buf.is_empty() {
+                buf.reserve(room);
+            } else {
+                room = room.min(buf.capacity() - buf.len());
+            }
             if room == 0 {
                 break;
             }
-            buf.reserve(room);
             match src.as_ref().try_read_buf(&mut (&mut buf).limit(room)) {
                 Ok(0) => ended = Some(SourceEnd::Eof),
                 Ok(n) => {
