@@ -241,7 +241,7 @@ fn main() {
     );
     goals.ratio(
         &all,
-        "proxy pass-through / socat",
+        "proxy pass-through / socat (own processes)",
         "proxy_bulk/chopstick",
         "proxy_bulk/socat",
         1.0,
@@ -250,6 +250,13 @@ fn main() {
         &all,
         "proxy pass-through (own process) / direct loopback",
         "proxy_bulk/chopstick",
+        "proxy_bulk/direct",
+        0.6,
+    );
+    goals.ratio(
+        &all,
+        "proxy pass-through (in-process) / direct loopback",
+        "proxy_bulk/chopstick_inproc",
         "proxy_bulk/direct",
         0.6,
     );
