@@ -332,7 +332,7 @@ enum TransformArg {
 
 #[derive(Args, Debug)]
 struct ExecArgs {
-    /// Programs that may run (argv[0], comma-separated).
+    /// Programs that may run (`argv[0]`, comma-separated).
     #[arg(
         long,
         value_delimiter = ',',

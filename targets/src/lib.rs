@@ -3,7 +3,7 @@
 //! - [`wire`]: framing specs (`u32be`, `i32le`, `line`, `hjson`, ...) and their codecs.
 //! - [`server`]: what every reference server shares: listener setup, connection limit,
 //!   idle timeout, counters, graceful shutdown.
-//! - [`echo`], [`exec`], [`file`], [`auth`]: the reference servers, each a
+//! - [`echo`], [`exec`], [`file`](mod@file), [`auth`]: the reference servers, each a
 //!   `run(listener, config, shutdown)` future and a `serve_conn(stream, config)` for one
 //!   connection (auth runs the inner protocol's `serve_conn` after its handshake).
 

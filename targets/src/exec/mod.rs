@@ -57,7 +57,7 @@ pub const DEFAULT_ALLOW: &[&str] = &[
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default output cap (stdout + stderr together).
 pub const DEFAULT_OUTPUT_CAP: usize = 16 * 1024 * 1024;
-/// Most arguments (argv[0] included) in one request.
+/// Most arguments (`argv[0]` included) in one request.
 pub const MAX_ARGS: usize = 256;
 /// Longest single argument, in bytes.
 pub const MAX_ARG_LEN: usize = 4096;
@@ -70,7 +70,7 @@ pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: Common,
-    /// Program names that may run (argv[0], matched exactly).
+    /// Program names that may run (`argv[0]`, matched exactly).
     pub allow: Vec<String>,
     /// A command running longer is killed and reported `timed_out`.
     pub timeout: Duration,
