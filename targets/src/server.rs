@@ -1,5 +1,7 @@
 //! What every reference server shares: listener setup, the accept loop with its
-//! connection limit, per-connection error accounting, counters and graceful shutdown.
+//! connection limit, per-connection error accounting, counters and graceful shutdown,
+//! and [`TaskHandle`], which runs a server (TCP or UDP, or the harness's proxy) on a
+//! background task.
 //!
 //! A server module supplies only a connection handler; [`serve`] does the rest, so
 //! every server behaves the same under load and abuse: a bad peer costs only its own
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -352,20 +354,46 @@ fn tune(stream: &TcpStream, common: &Common) -> io::Result<()> {
     Ok(())
 }
 
-/// A server running on a background task; for tests and in-process campaigns.
-#[derive(Debug)]
-pub struct Handle {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServerError>>,
+/// What [`TaskHandle::spawn`] needs of the socket it is given: the address to report,
+/// so one handle serves TCP and UDP servers alike.
+pub trait LocalAddr {
+    fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
-impl Handle {
+impl LocalAddr for TcpListener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
+
+impl LocalAddr for UdpSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+}
+
+/// A server (or the proxy) running on a background task; for tests and in-process
+/// campaigns. Dropping it asks the task to stop, so a test that fails or returns early
+/// leaves no server behind; [`TaskHandle::shutdown`] also waits for it and reports how
+/// it ended.
+#[derive(Debug)]
+pub struct TaskHandle<E> {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), E>>,
+}
+
+/// The handle of a TCP reference server, under the name its callers use.
+pub type Handle = TaskHandle<ServerError>;
+
+impl<E> TaskHandle<E> {
     /// Spawns `run(listener, shutdown)` — any server's `run` with its config bound in.
-    pub fn spawn<R, Fut>(listener: TcpListener, run: R) -> io::Result<Handle>
+    pub fn spawn<L, R, Fut>(listener: L, run: R) -> io::Result<TaskHandle<E>>
     where
-        R: FnOnce(TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
-        Fut: Future<Output = Result<(), ServerError>> + Send + 'static,
+        L: LocalAddr,
+        R: FnOnce(L, futures::future::BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Send + 'static,
     {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -373,33 +401,38 @@ impl Handle {
             let _ = stopped.await;
         });
         let task = tokio::spawn(run(listener, shutdown));
-        Ok(Handle {
+        Ok(TaskHandle {
             addr,
             stop: Some(stop),
             task,
         })
     }
 
-    /// Whether the server task has ended (it should not, before `shutdown`).
+    /// Whether the task has ended (it should not, before `shutdown`).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
 
-    /// Requests a graceful shutdown and waits for the server to return.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+    /// Requests a graceful shutdown and waits for the task to return.
+    pub async fn shutdown(mut self) -> Result<(), E>
+    where
+        E: From<io::Error>,
+    {
+        self.stop();
+        (&mut self.task)
+            .await
+            .map_err(|e| E::from(io::Error::other(e)))?
+    }
+
+    fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task)
-            .await
-            .map_err(|e| ServerError::Io(io::Error::other(e)))?
     }
 }
 
-impl Drop for Handle {
+impl<E> Drop for TaskHandle<E> {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop();
     }
 }

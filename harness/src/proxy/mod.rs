@@ -74,12 +74,13 @@ use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Notify, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::chaos::tcp::{drain_unsent, ExecError, ExecOptions, PlanWriter};
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
+use targets::server::TaskHandle;
 use targets::wire::{FrameLayout, FrameScanner, Framing, StreamFrame};
 
 mod pump;
@@ -936,23 +937,17 @@ pub struct ProxyHandle {
     /// Where clients connect.
     pub addr: SocketAddr,
     counters: Arc<ProxyCounters>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ProxyError>>,
+    task: TaskHandle<ProxyError>,
 }
 
 impl ProxyHandle {
     /// Spawns [`run`] on the current tokio runtime.
     pub fn spawn(listener: TcpListener, config: ProxyConfig) -> io::Result<ProxyHandle> {
-        let addr = listener.local_addr()?;
         let counters = config.counters.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(listener, config, async move {
-            let _ = stopped.await;
-        }));
+        let task = TaskHandle::spawn(listener, |listener, stop| run(listener, config, stop))?;
         Ok(ProxyHandle {
-            addr,
+            addr: task.addr,
             counters,
-            stop: Some(stop),
             task,
         })
     }
@@ -967,21 +962,8 @@ impl ProxyHandle {
     }
 
     /// Requests a graceful shutdown and waits for the proxy to return.
-    pub async fn shutdown(mut self) -> Result<(), ProxyError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task)
-            .await
-            .map_err(|e| ProxyError::Io(io::Error::other(e)))?
-    }
-}
-
-impl Drop for ProxyHandle {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) -> Result<(), ProxyError> {
+        self.task.shutdown().await
     }
 }
 

@@ -21,11 +21,10 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 
 use crate::echo::Transform;
-use crate::server::ServerError;
+use crate::server::{ServerError, TaskHandle};
 
 /// The largest payload of one IPv4 UDP datagram (65535 - 8 UDP - 20 IP header bytes).
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -269,21 +268,15 @@ pub async fn run(
 #[derive(Debug)]
 pub struct UdpHandle {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServerError>>,
+    task: TaskHandle<ServerError>,
 }
 
 impl UdpHandle {
     /// Spawns [`run`] on `socket`.
     pub fn spawn(socket: UdpSocket, config: Config) -> io::Result<UdpHandle> {
-        let addr = socket.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(socket, config, async move {
-            let _ = stopped.await;
-        }));
+        let task = TaskHandle::spawn(socket, |socket, stop| run(socket, config, stop))?;
         Ok(UdpHandle {
-            addr,
-            stop: Some(stop),
+            addr: task.addr,
             task,
         })
     }
@@ -294,21 +287,8 @@ impl UdpHandle {
     }
 
     /// Requests shutdown and waits for the server to return.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task)
-            .await
-            .map_err(|e| ServerError::Io(io::Error::other(e)))?
-    }
-}
-
-impl Drop for UdpHandle {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.task.shutdown().await
     }
 }
 
