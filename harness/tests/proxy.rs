@@ -654,6 +654,80 @@ fn quiet_connection_is_closed_with_fins_after_the_idle_timeout() {
     })
 }
 
+/// A proxy listener whose accepted sockets (the proxy's side towards the client) have a
+/// small send buffer, so a client that does not read fills the path quickly.
+fn small_sndbuf_listener() -> tokio::net::TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_send_buffer_size(4096).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(16).unwrap();
+    s.set_nonblocking(true).unwrap();
+    tokio::net::TcpListener::from_std(s.into()).unwrap()
+}
+
+/// The stall limit counts from the write that made no progress, not from the last time
+/// the relay's buffer was empty: bytes that arrive after a quiet spell, for a
+/// destination still full from earlier ones, get the whole `stall_timeout` (as the
+/// faulted relay gives them: a timeout around each write). The upstream sends small
+/// chunks, each after a quiet spell longer than the stall limit, to a client that never
+/// reads, until one chunk cannot be passed on; the reset must not come sooner than the
+/// limit after that chunk.
+#[test]
+fn plain_relay_stall_counts_from_the_blocked_write_not_from_before_a_quiet_spell() {
+    const STALL: Duration = Duration::from_millis(40);
+    const GAP: Duration = Duration::from_millis(60);
+    const CHUNK: usize = 256;
+    let _gate = shared();
+    runtime().block_on(async {
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = ProxyConfig::new(up.local_addr().unwrap());
+        config.stall_timeout = STALL;
+        config.idle_timeout = Duration::from_secs(30);
+        let proxy = ProxyHandle::spawn(small_sndbuf_listener(), config).unwrap();
+        let counters = proxy.counters().clone();
+        let addr = proxy.addr;
+        let (chunk, stalled_after) = blocking(move || {
+            let client =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            client.set_recv_buffer_size(2048).unwrap();
+            client.connect(&addr.into()).unwrap();
+            let (mut server, _) = up.accept().unwrap();
+            server.set_nodelay(true).unwrap();
+            let mut sent = 0u64;
+            // A few dozen chunks fill the path; the bound is far beyond that.
+            for i in 0..300 {
+                std::thread::sleep(GAP);
+                let before = counters.snapshot();
+                assert_eq!(before.peer_resets, 0, "reset before chunk {i}");
+                assert_eq!(before.bytes_down, sent, "bytes held before chunk {i}");
+                let sent_at = Instant::now();
+                server.write_all(&[7u8; CHUNK]).unwrap();
+                sent += CHUNK as u64;
+                // Passed on in full, or blocked: then wait for the stall limit.
+                loop {
+                    let s = counters.snapshot();
+                    if s.bytes_down == sent {
+                        break;
+                    }
+                    if s.peer_resets > 0 {
+                        return (i, sent_at.elapsed());
+                    }
+                    assert!(sent_at.elapsed() < DEADLINE, "neither passed on nor stalled");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            panic!("the client's path never filled up");
+        })
+        .await;
+        assert!(
+            stalled_after >= STALL * 9 / 10,
+            "chunk {chunk} reset as stalled {stalled_after:?} after it was sent; the limit is {STALL:?}"
+        );
+        proxy.shutdown().await.unwrap();
+    })
+}
+
 /// This process's open file descriptors, where the OS lists them.
 fn open_fds() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())

@@ -825,6 +825,12 @@ async fn relay_inner(
     }
 }
 
+/// `at + wait`, or a day later if that is not representable (a `Duration::MAX` limit).
+fn after(at: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(86_400))
+}
+
 /// How long an empty read buffer may sit unused before it is freed, so a connection
 /// that goes quiet holds no buffer while it waits.
 const RELEASE_AFTER: Duration = Duration::from_millis(250);
@@ -853,7 +859,8 @@ async fn read_some(
         let idle_wait = idle
             .saturating_sub(conn.idle_for())
             .max(Duration::from_millis(1));
-        let wait_until = hold_deadline.map_or(now + idle_wait, |d| d.min(now + idle_wait));
+        let wait_until =
+            hold_deadline.map_or(after(now, idle_wait), |d| d.min(after(now, idle_wait)));
         if held.capacity() > 0 {
             held.reserve(room);
             match src.as_ref().try_read_buf(&mut (&mut *held).limit(room)) {

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
-use super::{Conn, DirEnd, DirStats, ProxyConfig, RELEASE_AFTER};
+use super::{after, Conn, DirEnd, DirStats, ProxyConfig, RELEASE_AFTER};
 use crate::chaos::tcp::drain_unsent;
 use crate::chaos::Direction;
 
@@ -52,6 +52,12 @@ pub(super) async fn pump(
     // Every pass either moves bytes, ends, or waits on a bounded deadline.
     loop {
         let mut moved = false;
+        // Nothing waits yet, so the stall clock of whatever is read now starts now, not
+        // before a quiet spell (a destination still full from earlier bytes would
+        // otherwise be judged stalled at its first WouldBlock).
+        if buf.is_empty() {
+            wrote_at = Instant::now();
+        }
         // Read until the source has nothing more or the buffer is full, then write
         // until the destination takes no more or the buffer is empty: big batches, few
         // syscalls per byte. Bytes waiting for the destination are never moved: more
@@ -98,9 +104,6 @@ pub(super) async fn pump(
             }
         }
         if buf.is_empty() {
-            wrote_at = Instant::now();
-        }
-        if buf.is_empty() {
             match ended.take() {
                 Some(SourceEnd::Eof) => {
                     let _ = dst.shutdown().await;
@@ -115,6 +118,10 @@ pub(super) async fn pump(
             }
         }
         if moved {
+            // try_read/try_write take no part in tokio's cooperative budget: without
+            // this a bulk transfer could run for as long as both peers keep up, and
+            // hold back the other direction, timers and other tasks on this worker.
+            tokio::task::coop::consume_budget().await;
             continue;
         }
 
@@ -125,7 +132,7 @@ pub(super) async fn pump(
         let want_write = !buf.is_empty();
         let now = Instant::now();
         let deadline = if want_write {
-            wrote_at + config.stall_timeout
+            after(wrote_at, config.stall_timeout)
         } else {
             // Idle is judged over both directions: wake at this direction's share
             // and ask the connection.
@@ -133,7 +140,7 @@ pub(super) async fn pump(
                 .idle_timeout
                 .saturating_sub(conn.idle_for())
                 .max(std::time::Duration::from_millis(1));
-            let mut at = now + idle;
+            let mut at = after(now, idle);
             if buf.capacity() > 0 {
                 at = at.min(read_at + RELEASE_AFTER);
             }
