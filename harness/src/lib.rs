@@ -7,6 +7,7 @@
 //! - [`workload`]: the seeded messages a campaign sends.
 //! - [`proxy`]: `chopstick proxy`, a TCP relay applying plans to either direction.
 //! - [`report`]: summary table, JSON and JUnit.
+//! - [`repro_file`]: reading and writing reproducer files, TCP and UDP alike.
 //! - [`udp`]: datagram faults, the UDP relay and `check --udp`.
 
 pub mod campaign;
@@ -16,6 +17,7 @@ pub mod codec;
 pub mod fuzzing;
 pub mod proxy;
 pub mod report;
+pub mod repro_file;
 pub mod soak;
 pub mod udp;
 pub mod workload;

@@ -1,5 +1,6 @@
 //! Reproducer files: everything needed to run one failing case again, and
-//! `chopstick replay FILE`, which does.
+//! `chopstick replay FILE`, which does. Writing and reading the file is
+//! [`crate::repro_file`], shared with UDP reproducers.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::payload::{self, Payload};
 use super::{run_case, Case, CaseConfig, End, Failure, Target, TargetError, TargetSpec, Timing};
 use crate::chaos::Plan;
+use crate::repro_file::{self, ReproFile, ReproFileError};
 
 /// Format version of reproducer files.
 pub const VERSION: u32 = 1;
@@ -39,29 +41,24 @@ pub struct Reproducer {
     pub replay: String,
 }
 
-/// Why a reproducer could not be written or read.
+/// Why a reproducer could not be written, read or replayed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReproError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a chopstick reproducer: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("{path} has format version {found}; this chopstick reads version {VERSION}")]
-    Version { path: PathBuf, found: u32 },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// Writing or reading the file.
+    #[error(transparent)]
+    File(#[from] ReproFileError),
+    /// Starting the recorded target for a replay.
     #[error(transparent)]
     Target(#[from] TargetError),
+}
+
+impl ReproFile for Reproducer {
+    const KIND: &'static str = "reproducer";
+    const VERSION: u32 = VERSION;
+    fn set_replay(&mut self, command: String) {
+        self.replay = command;
+    }
 }
 
 impl Reproducer {
@@ -92,36 +89,12 @@ impl Reproducer {
 
     /// Writes the file atomically (temp file + rename) into `dir`; returns its path.
     pub fn write_to(&mut self, dir: &Path) -> Result<PathBuf, ReproError> {
-        let path = dir.join(self.file_name());
-        self.replay = format!("chopstick replay {}", path.display());
-        let wrap = |source| ReproError::Write {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(wrap)?;
-        let tmp = dir.join(format!(".{}.tmp", self.file_name()));
-        let json = serde_json::to_vec_pretty(self).expect("a reproducer always serialises");
-        std::fs::write(&tmp, json).map_err(wrap)?;
-        std::fs::rename(&tmp, &path).map_err(wrap)?;
-        Ok(path)
+        let name = self.file_name();
+        Ok(repro_file::write_to(self, dir, &name)?)
     }
 
     pub fn read(path: &Path) -> Result<Reproducer, ReproError> {
-        let text = std::fs::read(path).map_err(|source| ReproError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let r: Reproducer = serde_json::from_slice(&text).map_err(|source| ReproError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if r.version != VERSION {
-            return Err(ReproError::Version {
-                path: path.to_path_buf(),
-                found: r.version,
-            });
-        }
-        Ok(r)
+        Ok(repro_file::read(path)?)
     }
 }
 

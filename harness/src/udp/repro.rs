@@ -1,6 +1,7 @@
 //! UDP reproducer files: seed, target, faults, the datagrams with their fates, and the
 //! failures with expected vs seen. [`replay`] sends exactly those datagrams with
-//! exactly those fates again and says whether the failure came back.
+//! exactly those fates again and says whether the failure came back. Writing and
+//! reading the file is [`crate::repro_file`], shared with TCP reproducers.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use super::check::{
 };
 use super::fault::DatagramFaults;
 use super::target::{RunningTarget, UdpTarget};
+use crate::repro_file::{self, ReproFile, ReproFileError};
 
 /// Format version of UDP reproducer files.
 pub const VERSION: u32 = 1;
@@ -41,27 +43,16 @@ pub struct UdpReproducer {
     pub replay: String,
 }
 
-/// Why a reproducer could not be written or read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UdpReproError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a chopstick udp reproducer: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("{path} has format version {found}; this chopstick reads version {VERSION}")]
-    Version { path: PathBuf, found: u32 },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+/// Why a UDP reproducer could not be written or read: the file errors every reproducer
+/// shares (replay errors are [`UdpCheckError`]s).
+pub type UdpReproError = ReproFileError;
+
+impl ReproFile for UdpReproducer {
+    const KIND: &'static str = "udp reproducer";
+    const VERSION: u32 = VERSION;
+    fn set_replay(&mut self, command: String) {
+        self.replay = command;
+    }
 }
 
 /// What a replay saw.
@@ -150,37 +141,12 @@ impl UdpReproducer {
 
     /// Writes the file atomically (temp file + rename) into `dir`; returns its path.
     pub fn write_to(&mut self, dir: &Path) -> Result<PathBuf, UdpReproError> {
-        let path = dir.join(self.file_name());
-        self.replay = format!("chopstick replay {}", path.display());
-        let wrap = |source| UdpReproError::Write {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(wrap)?;
-        let tmp = dir.join(format!(".{}.tmp", self.file_name()));
-        let json = serde_json::to_vec_pretty(self).map_err(|e| wrap(std::io::Error::other(e)))?;
-        std::fs::write(&tmp, json).map_err(wrap)?;
-        std::fs::rename(&tmp, &path).map_err(wrap)?;
-        Ok(path)
+        let name = self.file_name();
+        repro_file::write_to(self, dir, &name)
     }
 
     pub fn read(path: &Path) -> Result<UdpReproducer, UdpReproError> {
-        let text = std::fs::read(path).map_err(|source| UdpReproError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let r: UdpReproducer =
-            serde_json::from_slice(&text).map_err(|source| UdpReproError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        if r.version != VERSION {
-            return Err(UdpReproError::Version {
-                path: path.to_path_buf(),
-                found: r.version,
-            });
-        }
-        Ok(r)
+        repro_file::read(path)
     }
 }
 
