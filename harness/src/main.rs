@@ -421,10 +421,28 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("chopstick: {e:#}");
+            eprintln!("chopstick: {}", describe(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each said once. The library errors already put their
+/// cause in their own message (`cannot read F: {source}`) and also report it as their
+/// `source()`, so anyhow's `{:#}` would print it twice; contexts added here do not.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
