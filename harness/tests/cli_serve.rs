@@ -1,6 +1,7 @@
 //! `chopstick serve` as a user runs it: a real child process, its first stdout line,
 //! real sockets, and a graceful exit on SIGTERM/SIGINT. Also the refusals a user can
-//! hit: exec/file on a non-loopback address, a missing key, a missing root.
+//! hit: exec/file on a non-loopback address, a missing key, a missing root; and how an
+//! error with a cause reads.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -385,4 +386,22 @@ fn serve_file_round_trip_and_missing_file() {
 
 fn file_exists(root: &Path, name: &str) -> bool {
     root.join(name).is_file()
+}
+
+#[test]
+fn an_error_says_its_cause_once() {
+    let missing = std::env::temp_dir().join("chopstick-no-such-reproducer.json");
+    let out = run_to_exit({
+        let mut cmd = chopstick();
+        cmd.arg("replay").arg(&missing);
+        cmd
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr:?}");
+    assert_eq!(
+        stderr.matches("os error 2").count(),
+        1,
+        "the cause is said once: {stderr:?}"
+    );
 }
