@@ -391,11 +391,9 @@ fn file_exists(root: &Path, name: &str) -> bool {
 #[test]
 fn an_error_says_its_cause_once() {
     let missing = std::env::temp_dir().join("chopstick-no-such-reproducer.json");
-    let out = run_to_exit({
-        let mut cmd = chopstick();
-        cmd.arg("replay").arg(&missing);
-        cmd
-    });
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chopstick"));
+    cmd.arg("replay").arg(&missing);
+    let out = run_to_exit(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("cannot read"), "{stderr:?}");
