@@ -71,32 +71,43 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 /// frame holding the transfer length as a `u64` (12 bytes), so a bulk of `u32be` frames
 /// ([`bulk_data`]) is a valid `u32be` stream for a frame-aware relay.
 pub async fn spawn_sink() -> SocketAddr {
+    spawn_server(|mut s| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let mut head = [0u8; 12];
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len: [u8; 8] = head[4..].try_into().expect("8 bytes");
+            let mut left = u64::from_be_bytes(len) as usize;
+            while left > 0 {
+                let want = left.min(buf.len());
+                match s.read(&mut buf[..want]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left -= n,
+                }
+            }
+            if s.write_all(&[1]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// A loopback server running `serve` on every accepted connection (NODELAY set), in
+/// tasks on the current runtime; returns its address.
+async fn spawn_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = listen().await;
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
             let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let mut head = [0u8; 12];
-                    if s.read_exact(&mut head).await.is_err() {
-                        return;
-                    }
-                    let len: [u8; 8] = head[4..].try_into().expect("8 bytes");
-                    let mut left = u64::from_be_bytes(len) as usize;
-                    while left > 0 {
-                        let want = left.min(buf.len());
-                        match s.read(&mut buf[..want]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => left -= n,
-                        }
-                    }
-                    if s.write_all(&[1]).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(serve(s));
         }
     });
     addr
@@ -128,27 +139,20 @@ pub async fn bulk_once(s: &mut TcpStream, data: &[u8]) -> io::Result<()> {
 
 /// A plain echo server (no framing: bytes back as they come), for the ping-pong benchmarks.
 pub async fn spawn_byte_echo() -> SocketAddr {
-    let listener = listen().await;
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
+    spawn_server(|mut s| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
                     }
                 }
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// One ping-pong round trip of `msg` through an echo.

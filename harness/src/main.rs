@@ -13,7 +13,6 @@ use harness::campaign::check::{CheckConfig, Profile, Progress};
 use harness::campaign::payload::preview;
 use harness::campaign::repro::Reproducer;
 use harness::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
-use harness::chaos::FaultSet;
 use harness::proxy::FaultDirection;
 use harness::report::{Report, Row};
 use harness::workload::{Mode, Workload};
@@ -572,23 +571,11 @@ impl CampaignArgs {
     }
 
     fn profiles(&self) -> Result<Vec<Profile>> {
-        self.faults
+        let list = self
+            .faults
             .as_deref()
-            .unwrap_or("split,boundary,coalesce,disconnect,mixed")
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let faults = p
-                    .replace('+', ",")
-                    .parse::<FaultSet>()
-                    .with_context(|| format!("--faults: `{p}`"))?;
-                Ok(Profile {
-                    name: p.to_string(),
-                    faults,
-                })
-            })
-            .collect()
+            .unwrap_or(harness::campaign::run::DEFAULT_PROFILES);
+        Ok(harness::campaign::run::parse_profiles(list)?)
     }
 
     fn case_config(&self, framing: Framing, oracle: OracleKind) -> Result<CaseConfig> {
