@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use harness::campaign::check::{check, CheckConfig, Profile, Quiet};
-use harness::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
-use harness::report::Report;
-use harness::workload::{Mode, Workload};
-use targets::server::Handle;
-use targets::wire::Framing;
+use chopstick::campaign::check::{check, CheckConfig, Profile, Quiet};
+use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
+use chopstick::report::Report;
+use chopstick::workload::{Mode, Workload};
+use chopstick_targets::server::Handle;
+use chopstick_targets::wire::Framing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONNECTIONS: usize = 4;
@@ -60,7 +60,7 @@ fn config(addr: SocketAddr, framing: Framing) -> CheckConfig {
         artifacts: None,
         shrink: false,
         shrink_budget: 0,
-        shrink_time: harness::campaign::shrink::DEFAULT_TIME,
+        shrink_time: chopstick::campaign::shrink::DEFAULT_TIME,
     }
 }
 
@@ -91,12 +91,12 @@ fn campaign(c: &mut Criterion) {
     let rt = benches::runtime();
     let framing: Framing = "u32be".parse().unwrap();
     let (_server, addr) = rt.block_on(async {
-        let listener = targets::server::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-        let cfg = targets::echo::Config {
+        let listener = chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let cfg = chopstick_targets::echo::Config {
             framing,
             ..Default::default()
         };
-        let h = Handle::spawn(listener, move |l, stop| targets::echo::run(l, cfg, stop)).unwrap();
+        let h = Handle::spawn(listener, move |l, stop| chopstick_targets::echo::run(l, cfg, stop)).unwrap();
         let addr = h.addr;
         (h, addr)
     });

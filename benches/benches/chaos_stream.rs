@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use harness::chaos::{conn_rng, ChaosStream, Direction, FaultSet, Plan};
+use chopstick::chaos::{conn_rng, ChaosStream, Direction, FaultSet, Plan};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const LEN: usize = 1024 * 1024;

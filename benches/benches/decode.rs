@@ -1,4 +1,4 @@
-//! decode: chopstick's `targets::wire` decoders vs bare `LengthDelimitedCodec`.
+//! decode: chopstick's `chopstick_targets::wire` decoders vs bare `LengthDelimitedCodec`.
 //!
 //! The same pre-encoded stream (about 256 KiB of `u32be` frames of one size) is fed to
 //! each decoder in chunks of a fixed size, the way `FramedRead` feeds it: append the
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use targets::wire::Framing;
+use chopstick_targets::wire::Framing;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 const STREAM_BYTES: usize = 256 * 1024;
@@ -61,7 +61,7 @@ fn decode(c: &mut Criterion) {
                 b.iter(|| {
                     let mut codec = LengthDelimitedCodec::builder()
                         .length_field_length(4)
-                        .max_frame_length(targets::wire::DEFAULT_MAX)
+                        .max_frame_length(chopstick_targets::wire::DEFAULT_MAX)
                         .new_codec();
                     assert_eq!(feed(&mut codec, &plain, chunk), count);
                 })

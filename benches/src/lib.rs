@@ -117,7 +117,7 @@ where
 pub fn bulk_data(len: usize) -> Vec<u8> {
     let frame = 16 * 1024;
     let payload = filler(frame - 4);
-    let framing: targets::wire::Framing = "u32be".parse().expect("u32be");
+    let framing: chopstick_targets::wire::Framing = "u32be".parse().expect("u32be");
     let payloads = vec![payload; (len / frame).max(1)];
     framing.encode_all(&payloads).expect("encode").0.to_vec()
 }
@@ -193,13 +193,13 @@ pub async fn spawn_chopstick_proxy(
     upstream: SocketAddr,
     faults: &str,
     framing: Option<&str>,
-) -> harness::proxy::ProxyHandle {
-    let mut config = harness::proxy::ProxyConfig::new(upstream);
+) -> chopstick::proxy::ProxyHandle {
+    let mut config = chopstick::proxy::ProxyConfig::new(upstream);
     config.faults = faults.parse().expect("fault list");
     config.framing = framing.map(|f| f.parse().expect("framing"));
     // No artificial gap between faulted writes: these benchmarks measure the relay.
     config.min_pause = Duration::ZERO;
-    harness::proxy::ProxyHandle::spawn(listen().await, config).expect("spawn proxy")
+    chopstick::proxy::ProxyHandle::spawn(listen().await, config).expect("spawn proxy")
 }
 
 /// A relay in a process of its own: the bench binary re-executed with
@@ -269,11 +269,11 @@ pub fn relay_child() -> bool {
     runtime().block_on(async {
         let (addr, keep): (SocketAddr, Box<dyn std::any::Any>) = match role.as_str() {
             "chopstick" => {
-                let mut config = harness::proxy::ProxyConfig::new(upstream);
+                let mut config = chopstick::proxy::ProxyConfig::new(upstream);
                 config.max_conns = 4096;
-                let listener = targets::server::bind("127.0.0.1:0".parse().unwrap(), 4096)
+                let listener = chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 4096)
                     .expect("bind relay");
-                let h = harness::proxy::ProxyHandle::spawn(listener, config).expect("proxy");
+                let h = chopstick::proxy::ProxyHandle::spawn(listener, config).expect("proxy");
                 (h.addr, Box::new(h))
             }
             "noxious" => {

@@ -1,7 +1,7 @@
 #![no_main]
-//! See `targets::fuzzing::file_request` for what this target asserts.
+//! See `chopstick_targets::fuzzing::file_request` for what this target asserts.
 
 use libfuzzer_sys::fuzz_target;
-use targets::fuzzing::{file_request, FileRequestInput};
+use chopstick_targets::fuzzing::{file_request, FileRequestInput};
 
 fuzz_target!(|input: FileRequestInput| file_request(input));

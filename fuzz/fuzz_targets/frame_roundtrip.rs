@@ -1,7 +1,7 @@
 #![no_main]
-//! See `harness::fuzzing::frame_roundtrip` for what this target asserts.
+//! See `chopstick::fuzzing::frame_roundtrip` for what this target asserts.
 
-use harness::fuzzing::{frame_roundtrip, FrameRoundtripInput};
+use chopstick::fuzzing::{frame_roundtrip, FrameRoundtripInput};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: FrameRoundtripInput| frame_roundtrip(input));

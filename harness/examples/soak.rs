@@ -8,15 +8,15 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = if args.iter().any(|a| a == "--quick") {
-        harness::soak::SoakConfig::quick()
+        chopstick::soak::SoakConfig::quick()
     } else {
-        harness::soak::SoakConfig::full()
+        chopstick::soak::SoakConfig::full()
     };
     let json = args
         .iter()
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1));
-    let report = match harness::soak::run(&config).await {
+    let report = match chopstick::soak::run(&config).await {
         Ok(report) => report,
         Err(e) => {
             eprintln!("{e}");

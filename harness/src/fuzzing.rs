@@ -2,7 +2,7 @@
 //! messages under an arbitrary framing, encoded, pushed through [`ChaosStream`]s playing
 //! arbitrary plans, and decoded again.
 //!
-//! It lives here rather than in `targets::fuzzing` because it exercises this crate's
+//! It lives here rather than in `chopstick_targets::fuzzing` because it exercises this crate's
 //! [`ChaosStream`] and codec checker. It follows the same conventions: the input is a
 //! fixed-size header of small integers followed by the raw tail ([`Rest`]), and a corpus
 //! file is decoded exactly as libfuzzer-sys decodes it ([`replay`]).
@@ -24,8 +24,8 @@ use std::io;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use targets::fuzzing::{run_as_libfuzzer, Rest, SpecInput};
-use targets::wire::{Framing, WireError};
+use chopstick_targets::fuzzing::{run_as_libfuzzer, Rest, SpecInput};
+use chopstick_targets::wire::{Framing, WireError};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::chaos::{ChaosStream, Ending, Plan, Step};
@@ -89,7 +89,7 @@ impl PlanInput {
 
 #[derive(Arbitrary, Debug, Clone)]
 pub struct FrameRoundtripInput {
-    /// The framing, as in `targets::fuzzing::frame_decode` (text specs take the tail's
+    /// The framing, as in `chopstick_targets::fuzzing::frame_decode` (text specs take the tail's
     /// first line).
     pub spec: SpecInput,
     /// Plays on the sender's writes.

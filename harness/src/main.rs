@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use harness::campaign::check::{CheckConfig, Profile, Progress};
-use harness::campaign::payload::preview;
-use harness::campaign::repro::Reproducer;
-use harness::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
-use harness::proxy::FaultDirection;
-use harness::report::{Report, Row};
-use harness::workload::{Mode, Workload};
-use targets::server::{self, Common};
-use targets::wire::{parse_size, Framing};
-use targets::{auth, echo, exec, file};
+use chopstick::campaign::check::{CheckConfig, Profile, Progress};
+use chopstick::campaign::payload::preview;
+use chopstick::campaign::repro::Reproducer;
+use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
+use chopstick::proxy::FaultDirection;
+use chopstick::report::{Report, Row};
+use chopstick::workload::{Mode, Workload};
+use chopstick_targets::server::{self, Common};
+use chopstick_targets::wire::{parse_size, Framing};
+use chopstick_targets::{auth, echo, exec, file};
 
 /// A test harness and fuzzer for framed network protocols: reference servers, seeded
 /// splitting/coalescing/disconnect chaos, oracles, shrunk reproducers.
@@ -70,7 +70,7 @@ struct RunArgs {
     #[arg(long, default_value = "echo,upper,exec,file,auth,udp")]
     targets: String,
     /// TCP fault profiles, one report row each (as in `check`; udp uses datagram faults).
-    #[arg(long, default_value = harness::campaign::run::DEFAULT_PROFILES)]
+    #[arg(long, default_value = chopstick::campaign::run::DEFAULT_PROFILES)]
     faults: String,
     /// Write the report as JSON.
     #[arg(long)]
@@ -250,7 +250,7 @@ enum ServerCmd {
         listen: SocketAddr,
         /// echo: reply with the same bytes; time: the request is a strftime format.
         #[arg(long, default_value = "echo")]
-        mode: targets::udp::Mode,
+        mode: chopstick_targets::udp::Mode,
         /// Reply transform for echo.
         #[arg(long, value_enum, default_value_t = TransformArg::None)]
         transform: TransformArg,
@@ -574,8 +574,8 @@ impl CampaignArgs {
         let list = self
             .faults
             .as_deref()
-            .unwrap_or(harness::campaign::run::DEFAULT_PROFILES);
-        Ok(harness::campaign::run::parse_profiles(list)?)
+            .unwrap_or(chopstick::campaign::run::DEFAULT_PROFILES);
+        Ok(chopstick::campaign::run::parse_profiles(list)?)
     }
 
     fn case_config(&self, framing: Framing, oracle: OracleKind) -> Result<CaseConfig> {
@@ -672,11 +672,11 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         seed,
         artifacts: Some(c.artifacts.clone()),
         shrink: !c.no_shrink,
-        shrink_budget: harness::campaign::shrink::DEFAULT_BUDGET,
+        shrink_budget: chopstick::campaign::shrink::DEFAULT_BUDGET,
         shrink_time: secs(c.shrink_time, "shrink-time")?,
     };
     let mut report = Report::new(seed);
-    if let Err(e) = harness::campaign::check::check(&config, &mut bar(), &mut report).await {
+    if let Err(e) = chopstick::campaign::check::check(&config, &mut bar(), &mut report).await {
         report.unusable.push(e.to_string());
     }
     c.finish(&report)
@@ -705,7 +705,7 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    if harness::udp::repro::is_udp_reproducer(&json) {
+    if chopstick::udp::repro::is_udp_reproducer(&json) {
         return replay_udp(&args.file, args.attempts).await;
     }
     let r = Reproducer::read(&args.file)?;
@@ -721,7 +721,7 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         r.plan_line
     );
     println!("recorded: {}: {}", r.failure.class, r.failure.detail);
-    let outcome = match harness::campaign::repro::replay(&r, args.attempts, Timing::default()).await
+    let outcome = match chopstick::campaign::repro::replay(&r, args.attempts, Timing::default()).await
     {
         Ok(o) => o,
         Err(e) => {
@@ -749,20 +749,20 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 async fn serve_udp(
     listen: SocketAddr,
-    mode: targets::udp::Mode,
+    mode: chopstick_targets::udp::Mode,
     transform: TransformArg,
     max_datagram: usize,
 ) -> Result<()> {
     let socket =
-        targets::udp::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    let config = targets::udp::Config {
+        chopstick_targets::udp::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let config = chopstick_targets::udp::Config {
         mode,
         transform: transform.into(),
         max_datagram,
-        ..targets::udp::Config::default()
+        ..chopstick_targets::udp::Config::default()
     };
     println!("listening on {}", socket.local_addr()?);
-    targets::udp::run(socket, config, shutdown_signal())
+    chopstick_targets::udp::run(socket, config, shutdown_signal())
         .await
         .context("server stopped")
 }
@@ -789,18 +789,18 @@ async fn proxy(args: ProxyArgs) -> Result<ExitCode> {
         let socket = tokio::net::UdpSocket::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let mut config = harness::udp::RelayConfig::new(args.upstream);
+        let mut config = chopstick::udp::RelayConfig::new(args.upstream);
         config.faults = args.faults.parse().context("--faults")?;
         config.seed = seed;
         config.direction = args.direction;
         println!("listening on {}", socket.local_addr()?);
-        let stats = harness::udp::relay::run(socket, config, shutdown_signal()).await?;
+        let stats = chopstick::udp::relay::run(socket, config, shutdown_signal()).await?;
         eprintln!("{stats:?}");
         return Ok(ExitCode::SUCCESS);
     }
     let listener = server::bind(args.listen, 1024)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let mut config = harness::proxy::ProxyConfig::new(args.upstream);
+    let mut config = chopstick::proxy::ProxyConfig::new(args.upstream);
     config.framing = args.framing;
     config.faults = args.faults.replace('+', ",").parse().context("--faults")?;
     config.direction = args.direction;
@@ -811,12 +811,12 @@ async fn proxy(args: ProxyArgs) -> Result<ExitCode> {
         config.hold.frames = config.hold.frames.max(4);
     }
     println!("listening on {}", listener.local_addr()?);
-    harness::proxy::run(listener, config, shutdown_signal()).await?;
+    chopstick::proxy::run(listener, config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn check_udp(args: &CheckArgs, seed: u64) -> Result<ExitCode> {
-    use harness::udp::{UdpCheckConfig, UdpTarget};
+    use chopstick::udp::{UdpCheckConfig, UdpTarget};
     let target = match (&args.connect, &args.spawn) {
         (Some(addr), _) => UdpTarget::Connect(*addr),
         (None, Some(cmd)) => UdpTarget::Spawn(cmd.clone()),
@@ -836,7 +836,7 @@ async fn check_udp(args: &CheckArgs, seed: u64) -> Result<ExitCode> {
         .max_size
         .min(config.max_size.max(args.campaign.max_size.min(65507)));
     config.artifacts = Some(args.campaign.artifacts.clone());
-    let report = match harness::udp::run_check(&config).await {
+    let report = match chopstick::udp::run_check(&config).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("chopstick check: target unusable: {e}");
@@ -845,15 +845,15 @@ async fn check_udp(args: &CheckArgs, seed: u64) -> Result<ExitCode> {
     };
     print!("{}", report.summary());
     if let Some(path) = &args.campaign.json {
-        harness::report::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+        chopstick::report::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
 }
 
 async fn replay_udp(path: &std::path::Path, attempts: usize) -> Result<ExitCode> {
-    let r = harness::udp::UdpReproducer::read(path)?;
+    let r = chopstick::udp::UdpReproducer::read(path)?;
     println!("replaying {} (udp)", path.display());
-    let outcome = match harness::udp::replay(&r, attempts).await {
+    let outcome = match chopstick::udp::replay(&r, attempts).await {
         Ok(o) => o,
         Err(e) => {
             eprintln!("chopstick replay: target unusable: {e}");
@@ -877,22 +877,22 @@ async fn replay_udp(path: &std::path::Path, attempts: usize) -> Result<ExitCode>
 
 async fn soak(args: SoakArgs) -> Result<ExitCode> {
     // The soak re-runs this same command line as its load-client process (see
-    // harness::soak), so everything it needs must come from these arguments.
+    // chopstick::soak), so everything it needs must come from these arguments.
     let config = if args.quick {
-        harness::soak::SoakConfig::quick()
+        chopstick::soak::SoakConfig::quick()
     } else {
-        harness::soak::SoakConfig::full()
+        chopstick::soak::SoakConfig::full()
     };
-    let report = harness::soak::run(&config).await?;
+    let report = chopstick::soak::run(&config).await?;
     println!("{report}");
     if let Some(path) = &args.json {
-        harness::report::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+        chopstick::report::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
 }
 
 async fn run_cmd(args: RunArgs) -> Result<ExitCode> {
-    use harness::campaign::run::{self, RunConfig, Scale};
+    use chopstick::campaign::run::{self, RunConfig, Scale};
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("chopstick run: seed {seed}");
     let exe = std::env::current_exe().context("cannot find the chopstick binary")?;

@@ -1,15 +1,15 @@
 //! The codec checker against deliberately broken decoders (each must be caught, with a
-//! shrunk proptest counterexample) and against every `targets::wire` codec (each must
+//! shrunk proptest counterexample) and against every `chopstick_targets::wire` codec (each must
 //! pass 10 000 generated cases).
 
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use harness::chaos::Plan;
-use harness::codec::strategy::{self, Case};
-use harness::codec::{check, check_framing, Verdict};
+use chopstick::chaos::Plan;
+use chopstick::codec::strategy::{self, Case};
+use chopstick::codec::{check, check_framing, Verdict};
 use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
-use targets::wire::Framing;
+use chopstick_targets::wire::Framing;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 /// How a broken u32be decoder goes wrong.
@@ -225,7 +225,7 @@ fn offset_and_adjust_codec_passes_10000_cases() {
 fn tokio_length_delimited_codec_ends_silently_after_a_complete_header() {
     // tokio-util's codec consumes the header as soon as it has it, and its default
     // decode_eof only complains about bytes left in the buffer: a stream cut right
-    // after a header looks like a clean end. targets::wire::LengthCodec exists for this.
+    // after a header looks like a clean end. chopstick_targets::wire::LengthCodec exists for this.
     let messages = [b"abc"];
     let plan: Plan = "w4 close".parse().unwrap();
     assert_eq!(

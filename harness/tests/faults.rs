@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use harness::chaos::faults::{boundary, CutKind};
-use harness::chaos::{conn_rng, ChaosStream, Direction, Ending, FaultSet, Plan, Step};
-use harness::codec::seeded_messages;
-use targets::wire::{FrameLayout, Framing};
+use chopstick::chaos::faults::{boundary, CutKind};
+use chopstick::chaos::{conn_rng, ChaosStream, Direction, Ending, FaultSet, Plan, Step};
+use chopstick::codec::seeded_messages;
+use chopstick_targets::wire::{FrameLayout, Framing};
 use tokio::io::AsyncWriteExt;
 
 const FRAMINGS: &[&str] = &[
@@ -46,7 +46,7 @@ const FAULTS: &[&str] = &[
 ];
 
 fn stream_for(framing: &Framing, seed: u64) -> (Bytes, Vec<FrameLayout>) {
-    let mut rng = harness::chaos::purpose_rng(seed, "messages");
+    let mut rng = chopstick::chaos::purpose_rng(seed, "messages");
     let count = (seed % 6) as usize;
     let msgs = seeded_messages(&mut rng, framing, count, 40);
     framing.encode_all(&msgs).unwrap()

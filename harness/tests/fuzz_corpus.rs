@@ -1,12 +1,12 @@
 //! Replays the committed inputs of the cargo-fuzz target `frame_roundtrip` on stable:
 //! `fuzz/corpus/frame_roundtrip/*` and `fuzz/regressions/frame_roundtrip/*` go through
-//! `harness::fuzzing`, decoded exactly as libfuzzer-sys decodes them. (The other targets'
+//! `chopstick::fuzzing`, decoded exactly as libfuzzer-sys decodes them. (The other targets'
 //! inputs are replayed by `targets/tests/fuzz_corpus.rs`.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use harness::fuzzing;
+use chopstick::fuzzing;
 
 fn dir(kind: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use harness::chaos::tcp::{read_plan, write_plan, ExecError, ExecOptions, PlanWriter};
-use harness::chaos::{Ending, Plan, Step};
-use harness::proxy::{FaultDirection, Hold, PlanSource, ProxyConfig, ProxyHandle};
+use chopstick::chaos::tcp::{read_plan, write_plan, ExecError, ExecOptions, PlanWriter};
+use chopstick::chaos::{Ending, Plan, Step};
+use chopstick::proxy::{FaultDirection, Hold, PlanSource, ProxyConfig, ProxyHandle};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use targets::wire::{FrameLayout, Framing};
+use chopstick_targets::wire::{FrameLayout, Framing};
 
 /// Upper bound for any single wait in these tests; nothing may hang CI.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn listener() -> tokio::net::TcpListener {
-    targets::server::bind("127.0.0.1:0".parse().unwrap(), 128).expect("bind loopback")
+    chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 128).expect("bind loopback")
 }
 
 fn proxy(upstream: SocketAddr, setup: impl FnOnce(&mut ProxyConfig)) -> ProxyHandle {
@@ -350,7 +350,7 @@ fn frame_aware_plans_see_frames_relative_to_each_batch_even_when_they_straddle()
 
 /// Upstream sends 1000 bytes at once and waits for the proxy to end the connection;
 /// the proxy cuts the stream at 100 bytes with `ending`. Returns what the client read.
-async fn cut_after_100_bytes(ending: Ending) -> (Reads, harness::proxy::ProxySnapshot) {
+async fn cut_after_100_bytes(ending: Ending) -> (Reads, chopstick::proxy::ProxySnapshot) {
     let data = random_bytes(1000, 2);
     let sent = data.clone();
     let (up, server) = upstream(move |mut s| {

@@ -13,18 +13,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use harness::campaign::check::Quiet;
-use harness::campaign::repro::{self, Reproducer};
-use harness::campaign::run::{self, RunTarget, Scale, TargetKind};
-use harness::campaign::{draw_case, payload, FailureClass, OracleKind, TargetSpec, Timing};
-use harness::report::Report;
+use chopstick::campaign::check::Quiet;
+use chopstick::campaign::repro::{self, Reproducer};
+use chopstick::campaign::run::{self, RunTarget, Scale, TargetKind};
+use chopstick::campaign::{draw_case, payload, FailureClass, OracleKind, TargetSpec, Timing};
+use chopstick::report::Report;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
-use targets::wire::{HjsonCodec, HjsonFrame};
+use chopstick_targets::wire::{HjsonCodec, HjsonFrame};
 
 /// Upper bound for each test; every wait inside is bounded more tightly.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -127,10 +127,10 @@ async fn replay_passes_against_spawned(kind: TargetKind) {
             messages: payload::wrap(&case.messages),
             plan_line: case.plan.to_string(),
             plan: case.plan.clone(),
-            failure: harness::campaign::Failure::new(FailureClass::Lost, None, "none"),
+            failure: chopstick::campaign::Failure::new(FailureClass::Lost, None, "none"),
             expected: Vec::new(),
             seen: Vec::new(),
-            seen_end: harness::campaign::End::Eof,
+            seen_end: chopstick::campaign::End::Eof,
             original_messages: case.messages.len(),
             original_writes: case.plan.writes(),
             replay: String::new(),
@@ -195,7 +195,7 @@ fn broken_target(kind: TargetKind, addr: SocketAddr, oracle: OracleKind) -> RunT
     };
     let mut case = run::case_config(framing.parse().unwrap(), oracle);
     if kind == TargetKind::Exec {
-        case.mode = harness::workload::Mode::PingPong;
+        case.mode = chopstick::workload::Mode::PingPong;
     }
     RunTarget {
         name: format!("broken-{}", kind.name()),
@@ -251,7 +251,7 @@ async fn broken_exec(listener: TcpListener, bug: ExecBug) {
                 let mut child = match tokio::process::Command::new(prog)
                     .args(args)
                     .env_clear()
-                    .env("PATH", targets::exec::FIXED_PATH)
+                    .env("PATH", chopstick_targets::exec::FIXED_PATH)
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
@@ -418,7 +418,7 @@ async fn accept_anything(listener: TcpListener) {
             if sock.write_all(&[1]).await.is_err() {
                 return;
             }
-            let _ = targets::echo::serve_conn(sock, &targets::echo::Config::default()).await;
+            let _ = chopstick_targets::echo::serve_conn(sock, &chopstick_targets::echo::Config::default()).await;
         });
     }
 }
@@ -429,7 +429,7 @@ async fn auth_that_accepts_any_digest_is_caught() {
         let l = listener().await;
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(accept_anything(l));
-        let key = harness::campaign::protocol::AuthKey::random();
+        let key = chopstick::campaign::protocol::AuthKey::random();
         let target = broken_target(TargetKind::Auth, addr, OracleKind::Auth { key });
         let (report, _dir) = campaign(&target, "split").await;
         // Conns 2 and 6 use the wrong key, 3 and 7 replay a digest: all four accepted.

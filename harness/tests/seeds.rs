@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use harness::chaos::{conn_rng, purpose_rng, Direction, FaultSet, Plan};
-use harness::codec::seeded_messages;
-use targets::wire::Framing;
+use chopstick::chaos::{conn_rng, purpose_rng, Direction, FaultSet, Plan};
+use chopstick::codec::seeded_messages;
+use chopstick_targets::wire::Framing;
 
 const SETS: &[&str] = &[
     "split",

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::chaos::Direction;
-use harness::udp::check::{FailureKind, UdpCheckConfig, UdpOracle};
-use harness::udp::relay::{self, FaultDirection, RelayConfig, RelayStats};
-use harness::udp::{replay, run_check, DatagramFaults, UdpReproducer, UdpTarget, UdpTargetError};
-use targets::echo::Transform;
-use targets::udp::{self as server, Mode, UdpHandle};
+use chopstick::chaos::Direction;
+use chopstick::udp::check::{FailureKind, UdpCheckConfig, UdpOracle};
+use chopstick::udp::relay::{self, FaultDirection, RelayConfig, RelayStats};
+use chopstick::udp::{replay, run_check, DatagramFaults, UdpReproducer, UdpTarget, UdpTargetError};
+use chopstick_targets::echo::Transform;
+use chopstick_targets::udp::{self as server, Mode, UdpHandle};
 use tokio::net::UdpSocket;
 
 /// Upper bound for any single wait; nothing may hang CI.
@@ -47,7 +47,7 @@ fn check_config(target: UdpTarget, oracle: UdpOracle, faults: &str, seed: u64) -
 
 /// Runs the check against the in-process echo server with one fault; the report must
 /// have no failure, and returns it for fault-specific assertions.
-async fn echo_with_fault(faults: &str) -> harness::udp::UdpCheckReport {
+async fn echo_with_fault(faults: &str) -> chopstick::udp::UdpCheckReport {
     let server = reference(Mode::Echo, Transform::None, server::MAX_UDP_PAYLOAD);
     let config = check_config(UdpTarget::Connect(server.addr), UdpOracle::Echo, faults, 11);
     let report = run_check(&config).await.unwrap();
@@ -248,7 +248,7 @@ async fn non_loopback_target_is_refused() {
     let err = run_check(&config).await.unwrap_err();
     assert!(matches!(
         err,
-        harness::udp::UdpCheckError::Target(UdpTargetError::NotLoopback(_))
+        chopstick::udp::UdpCheckError::Target(UdpTargetError::NotLoopback(_))
     ));
 }
 
@@ -258,7 +258,7 @@ async fn target_dying_at_start_is_reported_with_its_stderr() {
         "python3 -c 'import sys; sys.stderr.write(\"no port for me\\n\"); sys.exit(3)' {port}";
     let config = check_config(UdpTarget::Spawn(cmd.into()), UdpOracle::Echo, "", 1);
     match run_check(&config).await.unwrap_err() {
-        harness::udp::UdpCheckError::Target(UdpTargetError::DiedAtStart { stderr, .. }) => {
+        chopstick::udp::UdpCheckError::Target(UdpTargetError::DiedAtStart { stderr, .. }) => {
             assert!(stderr.contains("no port for me"), "{stderr}")
         }
         other => panic!("unexpected {other:?}"),
@@ -431,7 +431,7 @@ async fn relay_rates_over_100k_datagrams_match_configuration_within_5_sigma() {
     // The same counts, computed from the fates directly.
     let f: DatagramFaults = faults.parse().unwrap();
     let fates: Vec<_> = (0..N).map(|i| f.fate(SEED, Direction::Up, i)).collect();
-    let count = |pred: &dyn Fn(&harness::udp::Fate) -> bool| {
+    let count = |pred: &dyn Fn(&chopstick::udp::Fate) -> bool| {
         fates.iter().filter(|x| pred(x)).count() as u64
     };
     assert_eq!(snap.lost, count(&|x| x.copies == 0));

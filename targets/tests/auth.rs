@@ -12,10 +12,10 @@ use common::{
     connect, cut_points, listener, read_frames, read_to_end_or_error, reset, write_bytewise,
     DEADLINE,
 };
-use targets::auth::{self, Inner, NONCE_LEN};
-use targets::echo;
-use targets::server::{CounterSnapshot, Counters, Handle, ServerError};
-use targets::wire::Framing;
+use chopstick_targets::auth::{self, Inner, NONCE_LEN};
+use chopstick_targets::echo;
+use chopstick_targets::server::{CounterSnapshot, Counters, Handle, ServerError};
+use chopstick_targets::wire::Framing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -451,7 +451,7 @@ async fn digest_and_many_pipelined_requests_in_one_write_are_answered_in_order()
 
 #[tokio::test]
 async fn inner_exec_and_file_work_behind_auth() {
-    use targets::wire::{HjsonCodec, HjsonFrame};
+    use chopstick_targets::wire::{HjsonCodec, HjsonFrame};
     use tokio_util::codec::Encoder;
     let dir = tempfile::tempdir().unwrap();
     let hjson = |header: serde_json::Value, body: &[u8]| {
@@ -462,8 +462,8 @@ async fn inner_exec_and_file_work_behind_auth() {
         buf
     };
     let inners = [
-        Inner::Exec(targets::exec::Config::default()),
-        Inner::File(targets::file::Config::new(dir.path())),
+        Inner::Exec(chopstick_targets::exec::Config::default()),
+        Inner::File(chopstick_targets::file::Config::new(dir.path())),
     ];
     for inner in inners {
         let is_exec = matches!(inner, Inner::Exec(_));
@@ -504,7 +504,7 @@ async fn inner_exec_and_file_work_behind_auth() {
 #[tokio::test]
 async fn inner_file_with_a_missing_root_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let inner = Inner::File(targets::file::Config::new(dir.path().join("absent")));
+    let inner = Inner::File(chopstick_targets::file::Config::new(dir.path().join("absent")));
     let config = auth::Config::new(KEY.to_vec(), inner);
     let never = std::future::pending::<()>();
     let result = tokio::time::timeout(DEADLINE, auth::run(listener(), config, never))

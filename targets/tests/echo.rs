@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use targets::echo::{self, Transform};
-use targets::server::{self, Counters, Handle};
-use targets::wire::Framing;
+use chopstick_targets::echo::{self, Transform};
+use chopstick_targets::server::{self, Counters, Handle};
+use chopstick_targets::wire::Framing;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use serde_json::{json, Value};
-use targets::exec::{self, Config};
-use targets::server::{Counters, Handle, ServerError};
-use targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
+use chopstick_targets::exec::{self, Config};
+use chopstick_targets::server::{Counters, Handle, ServerError};
+use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;
@@ -467,7 +467,7 @@ async fn server_shutdown_kills_and_reaps_running_child() {
 
 #[tokio::test]
 async fn run_refuses_a_non_loopback_listener() {
-    let listener = targets::server::bind("0.0.0.0:0".parse().unwrap(), 16).expect("bind");
+    let listener = chopstick_targets::server::bind("0.0.0.0:0".parse().unwrap(), 16).expect("bind");
     let result = tokio::time::timeout(
         DEADLINE,
         exec::run(listener, Config::default(), std::future::pending()),

@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Encoder, Framed};
 
 use common::DEADLINE;
-use targets::file::{self, Config, TEMP_PREFIX};
-use targets::server::{Counters, Handle, ServerError};
-use targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
+use chopstick_targets::file::{self, Config, TEMP_PREFIX};
+use chopstick_targets::server::{Counters, Handle, ServerError};
+use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
 
 /// Client-side codec limit: above anything the server may send.
 const CLIENT_MAX: usize = 64 * 1024 * 1024;
@@ -625,7 +625,7 @@ async fn stale_temp_files_are_swept_at_start() {
 #[tokio::test]
 async fn run_refuses_non_loopback_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = targets::server::bind("0.0.0.0:0".parse().unwrap(), 16).unwrap();
+    let listener = chopstick_targets::server::bind("0.0.0.0:0".parse().unwrap(), 16).unwrap();
     let run = file::run(
         listener,
         Config::new(dir.path()),

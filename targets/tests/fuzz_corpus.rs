@@ -1,15 +1,15 @@
 //! Replays every committed fuzz input on stable: `fuzz/corpus/TARGET/*` and
 //! `fuzz/regressions/TARGET/*` go through the same bodies as the cargo-fuzz targets
-//! (`targets::fuzzing`), decoded exactly as libfuzzer-sys decodes them. The targets in
-//! [`HARNESS_TARGETS`] have their bodies in `harness::fuzzing` and are replayed by
+//! (`chopstick_targets::fuzzing`), decoded exactly as libfuzzer-sys decodes them. The targets in
+//! [`HARNESS_TARGETS`] have their bodies in `chopstick::fuzzing` and are replayed by
 //! `harness/tests/fuzz_corpus.rs`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use targets::fuzzing;
+use chopstick_targets::fuzzing;
 
-/// Fuzz targets whose bodies live in `harness::fuzzing`; `harness/tests/fuzz_corpus.rs`
+/// Fuzz targets whose bodies live in `chopstick::fuzzing`; `harness/tests/fuzz_corpus.rs`
 /// replays their inputs.
 const HARNESS_TARGETS: &[&str] = &["frame_roundtrip"];
 

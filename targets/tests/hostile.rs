@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use common::{connect, listener, read_frames, read_to_end_or_error, DEADLINE};
-use targets::server::{Counters, Handle};
-use targets::wire::{Framing, HjsonCodec, HjsonFrame};
-use targets::{auth, echo, exec, file};
+use chopstick_targets::server::{Counters, Handle};
+use chopstick_targets::wire::{Framing, HjsonCodec, HjsonFrame};
+use chopstick_targets::{auth, echo, exec, file};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 
@@ -71,7 +71,7 @@ struct Server {
 
 fn start(kind: Kind) -> Server {
     let counters = Arc::new(Counters::default());
-    let common = targets::server::Common {
+    let common = chopstick_targets::server::Common {
         counters: counters.clone(),
         ..Default::default()
     };

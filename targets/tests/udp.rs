@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use targets::echo::Transform;
-use targets::udp::{self, strftime, Config, Mode, UdpHandle};
+use chopstick_targets::echo::Transform;
+use chopstick_targets::udp::{self, strftime, Config, Mode, UdpHandle};
 use tokio::net::UdpSocket;
 
 /// Upper bound for any single wait; nothing may hang CI.
@@ -174,6 +174,6 @@ async fn invalid_config_ends_run_with_config_error() {
     let result = udp::run(socket, bad, std::future::pending()).await;
     assert!(matches!(
         result,
-        Err(targets::server::ServerError::Config(_))
+        Err(chopstick_targets::server::ServerError::Config(_))
     ));
 }

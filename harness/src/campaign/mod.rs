@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use targets::wire::Framing;
+use chopstick_targets::wire::Framing;
 
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
 use crate::workload::{Mode, Workload};
@@ -33,7 +33,7 @@ use drive::{Fin, ReplyCodec};
 pub use judge::{End, Failure, FailureClass, Seen};
 use protocol::{AuthKey, AuthVariant};
 pub use target::{Target, TargetError, TargetSpec};
-use targets::wire::{FrameLayout, HjsonCodec, WireError, DEFAULT_MAX};
+use chopstick_targets::wire::{FrameLayout, HjsonCodec, WireError, DEFAULT_MAX};
 
 /// How replies are judged (and, for exec, file and auth, how requests are made: see
 /// [`protocol`]).
@@ -97,7 +97,7 @@ fn default_liveness() -> Duration {
 
 mod framing_string {
     use serde::{Deserialize, Deserializer, Serializer};
-    use targets::wire::Framing;
+    use chopstick_targets::wire::Framing;
 
     pub fn serialize<S: Serializer>(f: &Framing, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&f.to_string())
@@ -564,11 +564,11 @@ async fn send_digest(
 async fn auth_connect(
     addr: std::net::SocketAddr,
     timing: &Timing,
-) -> Result<(tokio::net::TcpStream, [u8; targets::auth::NONCE_LEN]), Failure> {
+) -> Result<(tokio::net::TcpStream, [u8; chopstick_targets::auth::NONCE_LEN]), Failure> {
     let mut sock = drive::connect(addr, timing)
         .await
         .map_err(|e| Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}")))?;
-    let mut nonce = [0u8; targets::auth::NONCE_LEN];
+    let mut nonce = [0u8; chopstick_targets::auth::NONCE_LEN];
     read_within(&mut sock, &mut nonce, timing, "auth nonce").await?;
     Ok((sock, nonce))
 }
@@ -590,14 +590,14 @@ async fn open_auth(
     let (mut sock, nonce) = auth_connect(addr, timing).await?;
     send_digest(
         &mut sock,
-        &targets::auth::digest(key.bytes(), &nonce),
+        &chopstick_targets::auth::digest(key.bytes(), &nonce),
         split,
         timing,
     )
     .await?;
     match read_verdict(&mut sock, timing).await? {
-        targets::auth::ACCEPTED => Ok(sock),
-        targets::auth::REJECTED => Err(Failure::new(
+        chopstick_targets::auth::ACCEPTED => Ok(sock),
+        chopstick_targets::auth::REJECTED => Err(Failure::new(
             FailureClass::AuthRejected,
             None,
             if split {
@@ -629,10 +629,10 @@ async fn auth_reject_case(
         let (mut sock, nonce) = auth_connect(addr, timing).await?;
         let (digest, what) = if variant == AuthVariant::Replayed {
             // The earlier connection: authenticate properly, remember the digest.
-            let first = targets::auth::digest(key.bytes(), &nonce);
+            let first = chopstick_targets::auth::digest(key.bytes(), &nonce);
             send_digest(&mut sock, &first, false, timing).await?;
             match read_verdict(&mut sock, timing).await? {
-                targets::auth::ACCEPTED => {}
+                chopstick_targets::auth::ACCEPTED => {}
                 v => {
                     return Err(Failure::new(
                         FailureClass::AuthRejected,
@@ -654,14 +654,14 @@ async fn auth_reject_case(
             (first, "a digest replayed from an earlier connection")
         } else {
             (
-                targets::auth::digest(key.wrong().bytes(), &nonce),
+                chopstick_targets::auth::digest(key.wrong().bytes(), &nonce),
                 "a digest made with the wrong key",
             )
         };
         send_digest(&mut sock, &digest, false, timing).await?;
         match read_verdict(&mut sock, timing).await? {
-            targets::auth::REJECTED => {}
-            targets::auth::ACCEPTED => {
+            chopstick_targets::auth::REJECTED => {}
+            chopstick_targets::auth::ACCEPTED => {
                 return Err(Failure::new(
                     FailureClass::AuthBypass,
                     None,

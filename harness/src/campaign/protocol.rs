@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use targets::wire::{FrameLayout, HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
+use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
 use tokio_util::codec::Encoder;
 
 /// A shared auth key: 32 random ASCII letters and digits, so a key file holding it
@@ -125,7 +125,7 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// Encodes hjson request frames, recording each frame's layout like
-/// [`targets::wire::Framing::encode_all`] does, so faults can cut inside headers.
+/// [`chopstick_targets::wire::Framing::encode_all`] does, so faults can cut inside headers.
 pub fn encode_hjson(frames: &[HjsonFrame]) -> Result<(Bytes, Vec<FrameLayout>), WireError> {
     let mut codec = HjsonCodec::new(DEFAULT_MAX);
     let mut dst = BytesMut::new();
@@ -247,7 +247,7 @@ pub fn exec_expected(message: &[u8]) -> Bytes {
 fn missing_file_stderr() -> Option<&'static (i64, Vec<u8>)> {
     static CELL: OnceLock<Option<(i64, Vec<u8>)>> = OnceLock::new();
     CELL.get_or_init(|| {
-        let cat = targets::exec::FIXED_PATH
+        let cat = chopstick_targets::exec::FIXED_PATH
             .split(':')
             .map(|d| std::path::Path::new(d).join("cat"))
             .find(|p| p.is_file())?;
@@ -257,7 +257,7 @@ fn missing_file_stderr() -> Option<&'static (i64, Vec<u8>)> {
             .arg0("cat")
             .arg(MISSING_FILE)
             .env_clear()
-            .env("PATH", targets::exec::FIXED_PATH)
+            .env("PATH", chopstick_targets::exec::FIXED_PATH)
             .stdin(std::process::Stdio::null())
             .output()
             .ok()?;
@@ -445,7 +445,7 @@ mod tests {
     fn file_replies_and_names() {
         assert_eq!(file_name(3, b"x"), file_name(3, b"x"));
         assert_ne!(file_name(3, b"x"), file_name(4, b"x"));
-        assert!(targets::file::validate(&file_name(3, b"")).is_ok());
+        assert!(chopstick_targets::file::validate(&file_name(3, b"")).is_ok());
         let put = HjsonFrame::new(
             json!({"ok": true, "sha256": sha256_hex(b"hi")}),
             Bytes::new(),

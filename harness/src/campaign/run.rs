@@ -24,9 +24,9 @@ use crate::chaos::FaultSet;
 use crate::report::{FailureRecord, Report, Row};
 use crate::udp::{FailureKind, UdpCheckConfig, UdpOracle, UdpReproducer, UdpTarget};
 use crate::workload::{Mode, Workload};
-use targets::server::{self, Handle};
-use targets::wire::Framing;
-use targets::{auth, echo, exec, file};
+use chopstick_targets::server::{self, Handle};
+use chopstick_targets::wire::Framing;
+use chopstick_targets::{auth, echo, exec, file};
 
 /// The fault profiles of a run when `--faults` is not given: one report row each.
 pub const DEFAULT_PROFILES: &str = "split,boundary,coalesce,disconnect,mixed";
@@ -501,8 +501,8 @@ async fn run_udp(
     report: &mut Report,
 ) {
     let started = Instant::now();
-    let handle = match targets::udp::bind(([127, 0, 0, 1], 0).into())
-        .and_then(|s| targets::udp::UdpHandle::spawn(s, targets::udp::Config::default()))
+    let handle = match chopstick_targets::udp::bind(([127, 0, 0, 1], 0).into())
+        .and_then(|s| chopstick_targets::udp::UdpHandle::spawn(s, chopstick_targets::udp::Config::default()))
     {
         Ok(h) => h,
         Err(e) => {

@@ -21,7 +21,7 @@ pub use seed::{conn_rng, purpose_rng, Direction};
 pub use stream::ChaosStream;
 
 use rand_chacha::ChaCha8Rng;
-use targets::wire::FrameLayout;
+use chopstick_targets::wire::FrameLayout;
 
 /// A fault turns one direction's byte stream into a plan.
 ///

@@ -15,9 +15,9 @@
 //! is a few lines and proptest shrinks failures and stores regression files:
 //!
 //! ```
-//! use harness::codec::strategy;
+//! use chopstick::codec::strategy;
 //! use proptest::prelude::*;
-//! use targets::wire::Framing;
+//! use chopstick_targets::wire::Framing;
 //!
 //! proptest! {
 //!     // In a test file: #[test]
@@ -41,7 +41,7 @@ use rand::Rng;
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
 use crate::chaos::{ChaosStream, Ending, Plan, Step};
-use targets::wire::Framing;
+use chopstick_targets::wire::Framing;
 
 /// What a decoder made of a chaotic stream. Anything but [`Verdict::Pass`] is a bug in
 /// the decoder (or, for [`Verdict::EncodeFailed`], in the messages given to the check).

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use targets::wire::{FrameLayout, Framing};
+use chopstick_targets::wire::{FrameLayout, Framing};
 use tokio_util::codec::Decoder;
 
 use super::{check_framing, Verdict};

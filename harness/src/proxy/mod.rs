@@ -40,8 +40,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use harness::proxy::{self, FaultDirection, ProxyConfig};
-//! let listener = targets::server::bind("127.0.0.1:7000".parse()?, 1024)?;
+//! use chopstick::proxy::{self, FaultDirection, ProxyConfig};
+//! let listener = chopstick_targets::server::bind("127.0.0.1:7000".parse()?, 1024)?;
 //! let mut config = ProxyConfig::new("127.0.0.1:7001".parse()?);
 //! config.framing = Some("u32be".parse()?);          // --framing
 //! config.faults = "split:max=64".parse()?;          // --faults
@@ -80,8 +80,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chaos::tcp::{drain_unsent, ExecError, ExecOptions, PlanWriter};
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
-use targets::server::TaskHandle;
-use targets::wire::{FrameLayout, FrameScanner, Framing, StreamFrame};
+use chopstick_targets::server::TaskHandle;
+use chopstick_targets::wire::{FrameLayout, FrameScanner, Framing, StreamFrame};
 
 mod pump;
 
@@ -358,7 +358,7 @@ impl ProxyCounters {
         deadline: Duration,
         pred: impl Fn(&ProxySnapshot) -> bool,
     ) -> Result<ProxySnapshot, ProxySnapshot> {
-        targets::server::wait_for(&self.changed, deadline, || self.snapshot(), pred).await
+        chopstick_targets::server::wait_for(&self.changed, deadline, || self.snapshot(), pred).await
     }
 
     fn add(&self, c: &AtomicU64, n: u64) {

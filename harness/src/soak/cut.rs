@@ -19,8 +19,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::servers::{Kind, Running, KEY};
 use super::sys;
 use crate::chaos::{conn_rng, Direction};
-use targets::file::TEMP_PREFIX as TEMP_NAME_PREFIX;
-use targets::wire::{Framing, HjsonCodec, HjsonFrame};
+use chopstick_targets::file::TEMP_PREFIX as TEMP_NAME_PREFIX;
+use chopstick_targets::wire::{Framing, HjsonCodec, HjsonFrame};
 
 /// Bound on one connection of the run (connect, partial exchange, cut).
 const CONN_DEADLINE: Duration = Duration::from_secs(30);
@@ -349,11 +349,11 @@ async fn handshake(
     region: Region,
     rng: &mut ChaCha8Rng,
 ) -> Result<bool, String> {
-    let mut nonce = [0u8; targets::auth::NONCE_LEN];
+    let mut nonce = [0u8; chopstick_targets::auth::NONCE_LEN];
     s.read_exact(&mut nonce)
         .await
         .map_err(|e| format!("reading nonce: {e}"))?;
-    let digest = targets::auth::digest(KEY, &nonce);
+    let digest = chopstick_targets::auth::digest(KEY, &nonce);
     let sent = match region {
         Region::BeforeDigest => return Ok(false),
         Region::MidDigest => rng.random_range(1..digest.len()),
@@ -367,7 +367,7 @@ async fn handshake(
         s.read_exact(&mut verdict)
             .await
             .map_err(|e| format!("reading verdict: {e}"))?;
-        if verdict[0] != targets::auth::ACCEPTED {
+        if verdict[0] != chopstick_targets::auth::ACCEPTED {
             return Err(format!("right key rejected (verdict {})", verdict[0]));
         }
         return Ok(true);
@@ -658,7 +658,7 @@ pub async fn healthy(target: &Running) -> Result<(), String> {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         if kind == Kind::Auth
-            && !targets::auth::client_handshake(&mut s, KEY)
+            && !chopstick_targets::auth::client_handshake(&mut s, KEY)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?
         {

@@ -20,7 +20,7 @@ use tokio_util::codec::Decoder;
 
 use super::servers::Running;
 use super::{sys, SoakError};
-use targets::wire::Framing;
+use chopstick_targets::wire::Framing;
 
 /// Set in the environment of the load client process; holds its [`ClientSpec`] JSON.
 pub const CLIENT_ENV: &str = "CHOPSTICK_SOAK_CLIENT";

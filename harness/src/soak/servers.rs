@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use targets::server::{self, Common, CounterSnapshot, Counters, Handle};
-use targets::{auth, echo, exec, file};
+use chopstick_targets::server::{self, Common, CounterSnapshot, Counters, Handle};
+use chopstick_targets::{auth, echo, exec, file};
 
 use super::SoakError;
 use crate::proxy::{ProxyConfig, ProxyCounters, ProxyHandle, ProxySnapshot};
@@ -209,7 +209,7 @@ pub fn start(kind: Kind, opts: &Options) -> Result<Running, SoakError> {
     let mut proxy = None;
     if kind == Kind::ProxyEcho {
         let mut config = ProxyConfig::new(server.addr);
-        config.framing = Some(targets::wire::Framing::default());
+        config.framing = Some(chopstick_targets::wire::Framing::default());
         config.faults = opts.proxy_faults.clone();
         config.seed = opts.seed;
         config.max_conns = opts.max_conns;

@@ -9,7 +9,7 @@
 //!
 //! - a reply that is a strict prefix of the right answer is **silent truncation**, the
 //!   bug of reading a datagram into too small a buffer and serving what fitted;
-//! - a truncation *report* (`!truncated ...`, see [`targets::udp::truncation_report`])
+//! - a truncation *report* (`!truncated ...`, see [`chopstick_targets::udp::truncation_report`])
 //!   is the correct reaction to a too-large datagram and never a failure;
 //! - a request the target received but never answered is **lost**; one dropped by the
 //!   `loss` fault is expected to go unanswered;
@@ -32,8 +32,8 @@ use super::repro::{Payload, UdpReproError, UdpReproducer};
 use super::shaper::{Datagram, Shaper};
 use super::target::{RunningTarget, UdpTarget, UdpTargetError};
 use crate::chaos::{purpose_rng, Direction};
-use targets::udp::strftime::{self, UtcTime};
-use targets::udp::{MAX_UDP_PAYLOAD, TRUNCATED_PREFIX};
+use chopstick_targets::udp::strftime::{self, UtcTime};
+use chopstick_targets::udp::{MAX_UDP_PAYLOAD, TRUNCATED_PREFIX};
 
 /// Length of the `#xxxxxxxx#` tag that starts every request.
 pub const TAG_LEN: usize = 10;

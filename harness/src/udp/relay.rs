@@ -179,7 +179,7 @@ impl RelayStats {
         deadline: Duration,
         pred: impl Fn(&RelaySnapshot) -> bool,
     ) -> Result<RelaySnapshot, RelaySnapshot> {
-        targets::server::wait_for(&self.changed, deadline, || self.snapshot(), pred).await
+        chopstick_targets::server::wait_for(&self.changed, deadline, || self.snapshot(), pred).await
     }
 }
 

@@ -15,7 +15,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A listener on an ephemeral loopback port.
 pub fn listener() -> TcpListener {
-    targets::server::bind("127.0.0.1:0".parse().unwrap(), 128).expect("bind loopback")
+    chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 128).expect("bind loopback")
 }
 
 pub async fn connect(addr: SocketAddr) -> TcpStream {
@@ -85,7 +85,7 @@ pub async fn read_to_end_or_error<R: AsyncRead + Unpin>(
 }
 
 /// Where a client cuts one request: inside the header, right after it, inside the body.
-pub fn cut_points(layout: &targets::wire::FrameLayout) -> Vec<(&'static str, usize)> {
+pub fn cut_points(layout: &chopstick_targets::wire::FrameLayout) -> Vec<(&'static str, usize)> {
     let header = layout.header();
     assert!(
         header.len() >= 2 && layout.body.len() >= 2,
@@ -103,9 +103,9 @@ pub fn cut_points(layout: &targets::wire::FrameLayout) -> Vec<(&'static str, usi
 /// then runs `healthy` (which must prove a new client is served correctly).
 pub async fn disconnect_matrix<F, Fut>(
     addr: SocketAddr,
-    counters: &targets::server::Counters,
+    counters: &chopstick_targets::server::Counters,
     request: &[u8],
-    layout: &targets::wire::FrameLayout,
+    layout: &chopstick_targets::wire::FrameLayout,
     healthy: F,
 ) where
     F: Fn() -> Fut,

@@ -7,7 +7,7 @@
 
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use targets::wire::{parse_size, FrameLayout};
+use chopstick_targets::wire::{parse_size, FrameLayout};
 
 use super::{Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};

@@ -16,7 +16,7 @@ use std::ops::Range;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use targets::wire::FrameLayout;
+use chopstick_targets::wire::FrameLayout;
 
 use super::{Configure, Events, OptError};
 use crate::chaos::{Ending, Fault, Plan};

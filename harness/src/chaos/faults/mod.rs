@@ -41,7 +41,7 @@ use std::str::FromStr;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use targets::wire::FrameLayout;
+use chopstick_targets::wire::FrameLayout;
 
 use super::{Ending, Fault, Plan, Step};
 

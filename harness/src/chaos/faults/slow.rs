@@ -7,7 +7,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use targets::wire::FrameLayout;
+use chopstick_targets::wire::FrameLayout;
 
 use super::{parse_count, parse_pause, Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};
