@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use chopstick::campaign::check::{check, CheckConfig, Profile, Quiet};
 use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
 use chopstick::report::Report;
 use chopstick::workload::{Mode, Workload};
 use chopstick_targets::server::Handle;
 use chopstick_targets::wire::Framing;
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONNECTIONS: usize = 4;
@@ -91,12 +91,16 @@ fn campaign(c: &mut Criterion) {
     let rt = benches::runtime();
     let framing: Framing = "u32be".parse().unwrap();
     let (_server, addr) = rt.block_on(async {
-        let listener = chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let listener =
+            chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
         let cfg = chopstick_targets::echo::Config {
             framing,
             ..Default::default()
         };
-        let h = Handle::spawn(listener, move |l, stop| chopstick_targets::echo::run(l, cfg, stop)).unwrap();
+        let h = Handle::spawn(listener, move |l, stop| {
+            chopstick_targets::echo::run(l, cfg, stop)
+        })
+        .unwrap();
         let addr = h.addr;
         (h, addr)
     });

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use chopstick::chaos::{conn_rng, ChaosStream, Direction, FaultSet, Plan};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const LEN: usize = 1024 * 1024;

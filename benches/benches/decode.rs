@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use chopstick_targets::wire::Framing;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 const STREAM_BYTES: usize = 256 * 1024;

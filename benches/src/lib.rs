@@ -271,8 +271,9 @@ pub fn relay_child() -> bool {
             "chopstick" => {
                 let mut config = chopstick::proxy::ProxyConfig::new(upstream);
                 config.max_conns = 4096;
-                let listener = chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 4096)
-                    .expect("bind relay");
+                let listener =
+                    chopstick_targets::server::bind("127.0.0.1:0".parse().unwrap(), 4096)
+                        .expect("bind relay");
                 let h = chopstick::proxy::ProxyHandle::spawn(listener, config).expect("proxy");
                 (h.addr, Box::new(h))
             }

@@ -1,7 +1,7 @@
 #![no_main]
 //! See `chopstick_targets::fuzzing::hjson_decode` for what this target asserts.
 
-use libfuzzer_sys::fuzz_target;
 use chopstick_targets::fuzzing::{hjson_decode, HjsonDecodeInput};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: HjsonDecodeInput| hjson_decode(input));

@@ -1,7 +1,7 @@
 #![no_main]
 //! See `chopstick_targets::fuzzing::server_session` for what this target asserts.
 
-use libfuzzer_sys::fuzz_target;
 use chopstick_targets::fuzzing::{server_session, ServerSessionInput};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: ServerSessionInput| server_session(input));

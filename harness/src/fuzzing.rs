@@ -23,9 +23,9 @@ use std::io;
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use chopstick_targets::fuzzing::{run_as_libfuzzer, Rest, SpecInput};
 use chopstick_targets::wire::{Framing, WireError};
+use futures::{SinkExt, StreamExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::chaos::{ChaosStream, Ending, Plan, Step};

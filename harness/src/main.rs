@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use chopstick::campaign::check::{CheckConfig, Profile, Progress};
 use chopstick::campaign::payload::preview;
 use chopstick::campaign::repro::Reproducer;
@@ -19,6 +18,7 @@ use chopstick::workload::{Mode, Workload};
 use chopstick_targets::server::{self, Common};
 use chopstick_targets::wire::{parse_size, Framing};
 use chopstick_targets::{auth, echo, exec, file};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// A test harness and fuzzer for framed network protocols: reference servers, seeded
 /// splitting/coalescing/disconnect chaos, oracles, shrunk reproducers.
@@ -721,14 +721,14 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         r.plan_line
     );
     println!("recorded: {}: {}", r.failure.class, r.failure.detail);
-    let outcome = match chopstick::campaign::repro::replay(&r, args.attempts, Timing::default()).await
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("chopstick replay: target unusable: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let outcome =
+        match chopstick::campaign::repro::replay(&r, args.attempts, Timing::default()).await {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("chopstick replay: target unusable: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
     let show = |v: &[bytes::Bytes]| v.iter().map(|b| preview(b)).collect::<Vec<_>>().join(", ");
     println!("expected: [{}]", show(&outcome.expected));
     println!("seen:     [{}]", show(&outcome.seen));
@@ -753,8 +753,8 @@ async fn serve_udp(
     transform: TransformArg,
     max_datagram: usize,
 ) -> Result<()> {
-    let socket =
-        chopstick_targets::udp::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let socket = chopstick_targets::udp::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let config = chopstick_targets::udp::Config {
         mode,
         transform: transform.into(),

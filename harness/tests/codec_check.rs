@@ -8,8 +8,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use chopstick::chaos::Plan;
 use chopstick::codec::strategy::{self, Case};
 use chopstick::codec::{check, check_framing, Verdict};
-use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
 use chopstick_targets::wire::Framing;
+use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 /// How a broken u32be decoder goes wrong.

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use chopstick::chaos::tcp::{read_plan, write_plan, ExecError, ExecOptions, PlanWriter};
 use chopstick::chaos::{Ending, Plan, Step};
 use chopstick::proxy::{FaultDirection, Hold, PlanSource, ProxyConfig, ProxyHandle};
+use chopstick_targets::wire::{FrameLayout, Framing};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use chopstick_targets::wire::{FrameLayout, Framing};
 
 /// Upper bound for any single wait in these tests; nothing may hang CI.
 const DEADLINE: Duration = Duration::from_secs(10);

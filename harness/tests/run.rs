@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use chopstick::campaign::check::Quiet;
 use chopstick::campaign::repro::{self, Reproducer};
 use chopstick::campaign::run::{self, RunTarget, Scale, TargetKind};
 use chopstick::campaign::{draw_case, payload, FailureClass, OracleKind, TargetSpec, Timing};
 use chopstick::report::Report;
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -418,7 +418,11 @@ async fn accept_anything(listener: TcpListener) {
             if sock.write_all(&[1]).await.is_err() {
                 return;
             }
-            let _ = chopstick_targets::echo::serve_conn(sock, &chopstick_targets::echo::Config::default()).await;
+            let _ = chopstick_targets::echo::serve_conn(
+                sock,
+                &chopstick_targets::echo::Config::default(),
+            )
+            .await;
         });
     }
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{
-    connect, cut_points, listener, read_frames, read_to_end_or_error, reset, write_bytewise,
-    DEADLINE,
-};
 use chopstick_targets::auth::{self, Inner, NONCE_LEN};
 use chopstick_targets::echo;
 use chopstick_targets::server::{CounterSnapshot, Counters, Handle, ServerError};
 use chopstick_targets::wire::Framing;
+use common::{
+    connect, cut_points, listener, read_frames, read_to_end_or_error, reset, write_bytewise,
+    DEADLINE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -504,7 +504,9 @@ async fn inner_exec_and_file_work_behind_auth() {
 #[tokio::test]
 async fn inner_file_with_a_missing_root_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let inner = Inner::File(chopstick_targets::file::Config::new(dir.path().join("absent")));
+    let inner = Inner::File(chopstick_targets::file::Config::new(
+        dir.path().join("absent"),
+    ));
     let config = auth::Config::new(KEY.to_vec(), inner);
     let never = std::future::pending::<()>();
     let result = tokio::time::timeout(DEADLINE, auth::run(listener(), config, never))

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{connect, listener, read_frames, read_to_end_or_error, DEADLINE};
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use chopstick_targets::server::{Common, Counters, Handle};
 use chopstick_targets::wire::{Framing, HjsonCodec, HjsonFrame};
 use chopstick_targets::{auth, echo, exec, file};
+use common::{connect, listener, read_frames, read_to_end_or_error, DEADLINE};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;

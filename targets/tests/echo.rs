@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::*;
 use chopstick_targets::echo::{self, Transform};
 use chopstick_targets::server::{self, Counters, Handle};
 use chopstick_targets::wire::Framing;
+use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 

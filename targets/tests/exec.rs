@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use serde_json::{json, Value};
 use chopstick_targets::exec::{self, Config};
 use chopstick_targets::server::{Counters, Handle, ServerError};
 use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
+use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;

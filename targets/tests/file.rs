@@ -15,10 +15,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::{Encoder, Framed};
 
-use common::DEADLINE;
 use chopstick_targets::file::{self, Config, TEMP_PREFIX};
 use chopstick_targets::server::{Counters, Handle, ServerError};
 use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
+use common::DEADLINE;
 
 /// Client-side codec limit: above anything the server may send.
 const CLIENT_MAX: usize = 64 * 1024 * 1024;

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use common::{connect, listener, read_frames, read_to_end_or_error, DEADLINE};
 use chopstick_targets::server::{Counters, Handle};
 use chopstick_targets::wire::{Framing, HjsonCodec, HjsonFrame};
 use chopstick_targets::{auth, echo, exec, file};
+use common::{connect, listener, read_frames, read_to_end_or_error, DEADLINE};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 

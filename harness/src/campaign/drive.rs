@@ -24,7 +24,9 @@ use tokio_util::codec::{Decoder, FramedRead};
 use super::judge::{End, Seen};
 use crate::chaos::{Ending, Plan, Step};
 use bytes::BytesMut;
-use chopstick_targets::wire::{FrameCodec, FrameLayout, Framing, HjsonCodec, HjsonFrame, WireError};
+use chopstick_targets::wire::{
+    FrameCodec, FrameLayout, Framing, HjsonCodec, HjsonFrame, WireError,
+};
 
 /// When the writer half-closes a connection whose plan does not end it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

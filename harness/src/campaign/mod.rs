@@ -23,17 +23,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use chopstick_targets::wire::Framing;
+use serde::{Deserialize, Serialize};
 
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
 use crate::workload::{Mode, Workload};
+use chopstick_targets::wire::{FrameLayout, HjsonCodec, WireError, DEFAULT_MAX};
 pub use drive::Timing;
 use drive::{Fin, ReplyCodec};
 pub use judge::{End, Failure, FailureClass, Seen};
 use protocol::{AuthKey, AuthVariant};
 pub use target::{Target, TargetError, TargetSpec};
-use chopstick_targets::wire::{FrameLayout, HjsonCodec, WireError, DEFAULT_MAX};
 
 /// How replies are judged (and, for exec, file and auth, how requests are made: see
 /// [`protocol`]).
@@ -96,8 +96,8 @@ fn default_liveness() -> Duration {
 }
 
 mod framing_string {
-    use serde::{Deserialize, Deserializer, Serializer};
     use chopstick_targets::wire::Framing;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(f: &Framing, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&f.to_string())
@@ -564,7 +564,13 @@ async fn send_digest(
 async fn auth_connect(
     addr: std::net::SocketAddr,
     timing: &Timing,
-) -> Result<(tokio::net::TcpStream, [u8; chopstick_targets::auth::NONCE_LEN]), Failure> {
+) -> Result<
+    (
+        tokio::net::TcpStream,
+        [u8; chopstick_targets::auth::NONCE_LEN],
+    ),
+    Failure,
+> {
     let mut sock = drive::connect(addr, timing)
         .await
         .map_err(|e| Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}")))?;

@@ -26,10 +26,10 @@
 use std::sync::OnceLock;
 
 use bytes::{Bytes, BytesMut};
+use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
 use tokio_util::codec::Encoder;
 
 /// A shared auth key: 32 random ASCII letters and digits, so a key file holding it

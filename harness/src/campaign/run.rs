@@ -501,9 +501,9 @@ async fn run_udp(
     report: &mut Report,
 ) {
     let started = Instant::now();
-    let handle = match chopstick_targets::udp::bind(([127, 0, 0, 1], 0).into())
-        .and_then(|s| chopstick_targets::udp::UdpHandle::spawn(s, chopstick_targets::udp::Config::default()))
-    {
+    let handle = match chopstick_targets::udp::bind(([127, 0, 0, 1], 0).into()).and_then(|s| {
+        chopstick_targets::udp::UdpHandle::spawn(s, chopstick_targets::udp::Config::default())
+    }) {
         Ok(h) => h,
         Err(e) => {
             report

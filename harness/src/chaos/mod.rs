@@ -20,8 +20,8 @@ pub use plan::{Ending, Plan, PlanParseError, Step};
 pub use seed::{conn_rng, purpose_rng, Direction};
 pub use stream::ChaosStream;
 
-use rand_chacha::ChaCha8Rng;
 use chopstick_targets::wire::FrameLayout;
+use rand_chacha::ChaCha8Rng;
 
 /// A fault turns one direction's byte stream into a plan.
 ///

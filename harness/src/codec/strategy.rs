@@ -7,10 +7,10 @@
 //! the fault set itself shrinks towards the simplest profile (plain `split`).
 
 use bytes::BytesMut;
+use chopstick_targets::wire::{FrameLayout, Framing};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use chopstick_targets::wire::{FrameLayout, Framing};
 use tokio_util::codec::Decoder;
 
 use super::{check_framing, Verdict};

@@ -5,9 +5,9 @@
 //! followed by the pause that keeps the average at `rate` bytes per second. No
 //! randomness: a rate is a rate.
 
+use chopstick_targets::wire::{parse_size, FrameLayout};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::{parse_size, FrameLayout};
 
 use super::{Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};

@@ -9,10 +9,10 @@
 //! with a pause at each cut so a real peer reads the pieces apart. Without layouts it
 //! falls back to a few random offsets.
 
+use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::FrameLayout;
 
 use super::{parse_bool, parse_pause, random_cuts, Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};

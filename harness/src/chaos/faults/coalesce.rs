@@ -7,10 +7,10 @@
 //! `pause_us` apart so a real peer does not merge them further. Without layouts the
 //! stream goes out in one to three large writes.
 
+use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::FrameLayout;
 
 use super::{
     parse_count, parse_pause, parse_probability, random_cuts, Configure, Events, OptError,

@@ -13,10 +13,10 @@
 use std::fmt;
 use std::ops::Range;
 
+use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::FrameLayout;
 
 use super::{Configure, Events, OptError};
 use crate::chaos::{Ending, Fault, Plan};

@@ -3,10 +3,10 @@
 //! Models a slow path rather than fragmentation: the bytes arrive whole, late. Composed
 //! with a cutting fault the delay stays at offset 0 (see the composition rules).
 
+use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::FrameLayout;
 
 use super::{parse_pause, Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};

@@ -38,10 +38,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
+use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::FrameLayout;
 
 use super::{Ending, Fault, Plan, Step};
 

@@ -4,10 +4,10 @@
 //! first `limit` bytes (`limit=all` for the whole stream); the rest follows in one
 //! write. The limit keeps plans for large streams small and their pauses bounded.
 
+use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::FrameLayout;
 
 use super::{parse_count, parse_pause, Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};

@@ -10,10 +10,10 @@
 //! `coarse=0` cuts everything finely (a byte-exact "reads never exceed max" test wants that).
 //! Without frame layouts the whole stream counts as one body.
 
+use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use chopstick_targets::wire::FrameLayout;
 
 use super::{parse_count, parse_pause, Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};
