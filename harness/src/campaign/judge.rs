@@ -42,6 +42,9 @@ pub enum FailureClass {
     AuthRejected,
     /// file: a put interrupted by a disconnect left a partly written file.
     NotAtomic,
+    /// `check --client`: the client exited with an error after a clean end of the
+    /// connection, or before delivering what was due.
+    ClientCrashed,
 }
 
 impl FailureClass {
@@ -61,6 +64,7 @@ impl FailureClass {
             FailureClass::AuthBypass => "auth_bypass",
             FailureClass::AuthRejected => "auth_rejected",
             FailureClass::NotAtomic => "not_atomic",
+            FailureClass::ClientCrashed => "client_crashed",
         }
     }
 }

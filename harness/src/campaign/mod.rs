@@ -3,13 +3,16 @@
 //!
 //! - [`drive`]: one connection over a real socket, per its plan.
 //! - [`judge`]: expected versus seen, and the failure classes.
-//! - [`target`]: `--connect ADDR` or `--spawn CMD` (started, watched, restarted).
+//! - [`target`]: `--connect ADDR` or `--spawn CMD` (started, watched, restarted), or
+//!   `--client CMD`.
+//! - [`client`]: `--client CMD`: a client receiver started per case, its echoes judged.
 //! - [`shrink`]: makes a failing case smaller while it still fails.
 //! - [`repro`]: reproducer files and `chopstick replay`.
 //! - [`protocol`]: how exec, file and auth messages become requests and replies.
 //! - [`run`]: `chopstick run`, every reference server in-process under every fault.
 
 pub mod check;
+pub mod client;
 pub mod drive;
 pub mod judge;
 pub mod payload;
@@ -309,9 +312,7 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
             )
             .await
         }
-        _ => drive::connect(target.addr, &config.timing)
-            .await
-            .map_err(|e| Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}"))),
+        _ => target.open(stream.len(), &config.timing).await,
     };
     let sock = match opened {
         Ok(s) => s,
@@ -327,7 +328,12 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
         stream,
         &layouts,
         &case.plan,
-        result.expected.len(),
+        // A client printing its messages on stdout owes nothing on the socket.
+        if target.replies_on_socket() {
+            result.expected.len()
+        } else {
+            0
+        },
         config.mode == Mode::PingPong,
         config.fin(),
         &config.timing,
@@ -343,6 +349,11 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
     result.failure = judge::judge(&result.expected, &driven.seen, must_finish);
     result.seen = driven.seen;
     result.latencies_us = driven.latencies_us;
+    if let Some(client) = target.client.as_mut() {
+        // A client's liveness: it must exit once its connection has ended.
+        client::settle_case(client, config, ending, must_finish, &mut result).await;
+        return result;
+    }
     if result.failure.is_none() && config.oracle == OracleKind::File {
         result.failure = verify_files(target.addr, config, case, complete, &layouts, ending)
             .await

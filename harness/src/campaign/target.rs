@@ -1,5 +1,7 @@
-//! The server under test: an address to connect to, or a command chopstick starts
-//! itself (`{port}` replaced by a free port), watches, and restarts after it dies.
+//! The target under test: a server at an address to connect to, a server command
+//! chopstick starts itself (`{port}` replaced by a free port), watches, and restarts
+//! after it dies, or a client command that connects to chopstick (see [`super::client`]).
+//! [`Target::open`] gives the connection a case drives, whichever it is.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -8,10 +10,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+use super::client::{ClientOutput, ClientTarget};
+use super::drive::{self, Timing};
+use super::judge::{Failure, FailureClass};
 
 /// Most stderr kept from a spawned target (the tail is what matters).
 const STDERR_CAP: usize = 64 * 1024;
+/// Lines of stderr quoted in failures.
+const STDERR_TAIL_LINES: usize = 20;
 /// How long a spawned target gets to start accepting connections.
 const STARTUP: Duration = Duration::from_secs(15);
 
@@ -22,6 +31,12 @@ pub enum TargetSpec {
     Connect(SocketAddr),
     /// A command line with `{port}`; split on whitespace, single or double quotes group.
     Spawn(String),
+    /// A client command line with `{port}` (chopstick listens there); started per case.
+    Client {
+        cmd: String,
+        #[serde(default)]
+        output: ClientOutput,
+    },
 }
 
 impl TargetSpec {
@@ -30,14 +45,18 @@ impl TargetSpec {
     pub fn display_name(&self) -> String {
         match self {
             TargetSpec::Connect(addr) => addr.to_string(),
-            TargetSpec::Spawn(cmd) => cmd
-                .split_whitespace()
-                .filter(|w| !w.contains("{port}"))
-                .map(|w| w.rsplit('/').next().unwrap_or(w))
-                .collect::<Vec<_>>()
-                .join(" "),
+            TargetSpec::Spawn(cmd) => command_name(cmd),
+            TargetSpec::Client { cmd, .. } => format!("client {}", command_name(cmd)),
         }
     }
+}
+
+fn command_name(cmd: &str) -> String {
+    cmd.split_whitespace()
+        .filter(|w| !w.contains("{port}"))
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why the target cannot be used at all (exit code 2).
@@ -60,6 +79,15 @@ pub enum TargetError {
     NotListening { cmd: String, addr: SocketAddr },
     #[error("cannot find a free port: {0}")]
     NoPort(std::io::Error),
+    #[error(
+        "client `{cmd}` did not connect to {addr} within {:?}; stderr:\n{stderr}",
+        super::client::ACCEPT_WAIT
+    )]
+    ClientNoConnect {
+        cmd: String,
+        addr: SocketAddr,
+        stderr: String,
+    },
 }
 
 /// A `--spawn` command line that cannot be split into words.
@@ -75,6 +103,8 @@ pub struct Target {
     child: Option<Child>,
     stderr: Arc<Mutex<Vec<u8>>>,
     pub restarts: u32,
+    /// `--client`: the client started for each case.
+    pub client: Option<ClientTarget>,
 }
 
 /// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
@@ -115,6 +145,30 @@ pub fn split_command(cmd: &str) -> Result<Vec<String>, BadCommand> {
     Ok(words)
 }
 
+/// Reads a child's stderr into `sink` until it closes, keeping the last
+/// [`STDERR_CAP`] bytes.
+pub(crate) async fn capture_tail(mut err: impl AsyncReadExt + Unpin, sink: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = err.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let mut s = sink.lock().expect("stderr lock");
+        s.extend_from_slice(&buf[..n]);
+        if s.len() > STDERR_CAP {
+            let cut = s.len() - STDERR_CAP;
+            s.drain(..cut);
+        }
+    }
+}
+
+/// The last [`STDERR_TAIL_LINES`] lines of captured output.
+pub(crate) fn tail_lines(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
+}
+
 fn free_port() -> Result<u16, TargetError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(TargetError::NoPort)?;
     Ok(l.local_addr().map_err(TargetError::NoPort)?.port())
@@ -128,6 +182,7 @@ impl Target {
             child: None,
             stderr: Arc::default(),
             restarts: 0,
+            client: None,
         };
         match spec {
             TargetSpec::Connect(addr) if !addr.ip().is_loopback() => {
@@ -135,8 +190,32 @@ impl Target {
             }
             TargetSpec::Connect(addr) => t.addr = *addr,
             TargetSpec::Spawn(_) => t.spawn().await?,
+            TargetSpec::Client { cmd, output } => {
+                let mut client = ClientTarget::new(cmd, *output)?;
+                client.preflight().await?;
+                t.client = Some(client);
+            }
         }
         Ok(t)
+    }
+
+    /// The connection a case drives: connected to the server, or accepted from a
+    /// freshly started client. `sent` is the length of the stream the case will send.
+    pub async fn open(&mut self, sent: usize, timing: &Timing) -> Result<TcpStream, Failure> {
+        match self.client.as_mut() {
+            Some(client) => client.open(sent).await.map_err(|e| e.into_failure()),
+            None => drive::connect(self.addr, timing).await.map_err(|e| {
+                Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}"))
+            }),
+        }
+    }
+
+    /// Whether the replies come back on the connection (false for a client that prints
+    /// them on stdout).
+    pub fn replies_on_socket(&self) -> bool {
+        self.client
+            .as_ref()
+            .is_none_or(|c| c.output == ClientOutput::Echo)
     }
 
     async fn spawn(&mut self) -> Result<(), TargetError> {
@@ -159,22 +238,8 @@ impl Target {
                 cmd: cmd.clone(),
                 source,
             })?;
-        if let Some(mut err) = child.stderr.take() {
-            let sink = self.stderr.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut s = sink.lock().expect("stderr lock");
-                    s.extend_from_slice(&buf[..n]);
-                    if s.len() > STDERR_CAP {
-                        let cut = s.len() - STDERR_CAP;
-                        s.drain(..cut);
-                    }
-                }
-            });
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(capture_tail(err, self.stderr.clone()));
         }
         self.addr = SocketAddr::from(([127, 0, 0, 1], port));
         self.child = Some(child);
@@ -228,13 +293,13 @@ impl Target {
 
     /// The last lines of a spawned target's stderr.
     pub fn stderr_tail(&self) -> String {
-        let s = self.stderr.lock().expect("stderr lock");
-        let text = String::from_utf8_lossy(&s);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail_lines(&self.stderr.lock().expect("stderr lock"))
     }
 
     pub async fn kill(&mut self) {
+        if let Some(client) = self.client.as_mut() {
+            client.kill().await;
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;

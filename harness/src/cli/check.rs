@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use chopstick::campaign::check::{CheckConfig, Profile};
+use chopstick::campaign::client::ClientOutput;
 use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
 use chopstick::report::Report;
 use chopstick::workload::{Mode, Workload};
@@ -17,7 +18,7 @@ use clap::{Args, ValueEnum};
 use super::{bar, secs, size_arg};
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["connect", "spawn"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["connect", "spawn", "client"])))]
 pub struct CheckArgs {
     /// Address of a running server (loopback only).
     #[arg(long)]
@@ -27,6 +28,16 @@ pub struct CheckArgs {
     /// it after it dies. Split on whitespace (quotes group), no shell.
     #[arg(long)]
     spawn: Option<String>,
+    /// Command that starts a client receiver; `{port}` is replaced by the port chopstick
+    /// listens on. Started afresh for every case: chopstick sends it the messages under
+    /// faults and judges what it hands back (see --client-output); it must exit once the
+    /// connection ends (status 0 after a clean end). Split like --spawn, no shell.
+    #[arg(long)]
+    client: Option<String>,
+    /// How the --client hands back each message it received: `echo` sends it back on
+    /// the socket, framed the same way; `lines-hex` prints it on stdout as one hex line.
+    #[arg(long, value_enum, default_value_t = ClientOutputArg::Echo, requires = "client")]
+    client_output: ClientOutputArg,
     /// Framing spec of requests and replies.
     #[arg(long, default_value = "u32be")]
     framing: Framing,
@@ -98,6 +109,12 @@ pub struct CampaignArgs {
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ClientOutputArg {
+    Echo,
+    LinesHex,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum ModeArg {
     Pipelined,
     PingPong,
@@ -155,13 +172,15 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     let seed = c.seed();
     eprintln!("chopstick check: seed {seed}");
     if args.udp {
+        anyhow::ensure!(args.client.is_none(), "--udp does not take --client");
         return check_udp(&args, seed).await;
     }
     let oracle: OracleKind = args.oracle.parse().map_err(anyhow::Error::msg)?;
-    let target = match (&args.connect, &args.spawn) {
-        (Some(addr), _) => TargetSpec::Connect(*addr),
-        (None, Some(cmd)) => TargetSpec::Spawn(cmd.clone()),
-        (None, None) => unreachable!("clap requires one of --connect/--spawn"),
+    let target = match (&args.connect, &args.spawn, &args.client) {
+        (Some(addr), _, _) => TargetSpec::Connect(*addr),
+        (None, Some(cmd), _) => TargetSpec::Spawn(cmd.clone()),
+        (None, None, Some(cmd)) => client_spec(&args, cmd, oracle)?,
+        (None, None, None) => unreachable!("clap requires one of --connect/--spawn/--client"),
     };
     let target_name = target.display_name();
     let config = CheckConfig {
@@ -186,6 +205,27 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         report.unusable.push(e.to_string());
     }
     c.finish(&report)
+}
+
+/// `--client`: only oracles that judge each echo on its own, and ping-pong only when
+/// the echoes come back on the socket.
+fn client_spec(args: &CheckArgs, cmd: &str, oracle: OracleKind) -> Result<TargetSpec> {
+    if !matches!(oracle, OracleKind::Echo | OracleKind::Upper) {
+        anyhow::bail!("--client works with --oracle echo or upper");
+    }
+    let output = match args.client_output {
+        ClientOutputArg::Echo => ClientOutput::Echo,
+        ClientOutputArg::LinesHex => ClientOutput::LinesHex,
+    };
+    if output == ClientOutput::LinesHex && matches!(args.campaign.mode, ModeArg::PingPong) {
+        anyhow::bail!(
+            "--mode ping-pong needs replies on the socket, not --client-output lines-hex"
+        );
+    }
+    Ok(TargetSpec::Client {
+        cmd: cmd.to_string(),
+        output,
+    })
 }
 
 async fn check_udp(args: &CheckArgs, seed: u64) -> Result<ExitCode> {
