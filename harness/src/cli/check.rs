@@ -87,7 +87,8 @@ pub struct CampaignArgs {
     /// Seconds to wait for the next reply before calling it a hang.
     #[arg(long, default_value_t = 3.0)]
     reply_timeout: f64,
-    /// Seconds a fresh connection may take to be served after a fault.
+    /// Seconds a fresh connection may take to be served after a fault (--client: seconds
+    /// the client may take to exit once its connection has ended).
     #[arg(long, default_value_t = 3.0)]
     liveness: f64,
     /// Do not shrink failures (reproducers are then the unshrunk cases).
