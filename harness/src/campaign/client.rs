@@ -50,9 +50,9 @@ use crate::chaos::Ending;
 
 /// How long a started client gets to connect.
 pub const ACCEPT_WAIT: Duration = Duration::from_secs(15);
-/// How long stdout may still flow after the client exited (a grandchild holding the
-/// pipe open must not stall the case).
-const STDOUT_DRAIN: Duration = Duration::from_secs(1);
+/// How long stdout and stderr may still flow after the client exited (a grandchild
+/// holding a pipe open must not stall the case).
+const PIPE_DRAIN: Duration = Duration::from_secs(1);
 /// Room in the stdout cap beyond the hex of every message sent (newlines, slack).
 const STDOUT_SLACK_BYTES: usize = 64 * 1024;
 
@@ -123,7 +123,28 @@ struct Captured {
 struct Running {
     child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Ends when the client's stderr closes.
+    stderr_task: Option<JoinHandle<()>>,
     stdout: Option<JoinHandle<Captured>>,
+}
+
+impl Running {
+    /// Waits (bounded) until everything the exited client wrote to stderr is captured.
+    async fn drain_stderr(&mut self) {
+        if let Some(mut task) = self.stderr_task.take() {
+            if tokio::time::timeout(PIPE_DRAIN, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// What came first while waiting for a started client.
+enum Accepted {
+    Conn(std::io::Result<(TcpStream, SocketAddr)>),
+    /// It exited (the status as printed).
+    Exited(String),
+    TimedOut,
 }
 
 /// How a client's process ended, once its connection had.
@@ -211,40 +232,42 @@ impl ClientTarget {
             })?;
         self.starts += 1;
         let stderr = Arc::<Mutex<Vec<u8>>>::default();
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(capture_tail(err, stderr.clone()));
-        }
+        let stderr_task = child
+            .stderr
+            .take()
+            .map(|err| tokio::spawn(capture_tail(err, stderr.clone())));
         let cap = sent * 2 + sent / 2 + STDOUT_SLACK_BYTES;
         let stdout = child
             .stdout
             .take()
             .map(|out| tokio::spawn(capture_capped(out, cap)));
         let accepted = tokio::select! {
-            accepted = listener.accept() => Ok(accepted),
-            status = child.wait() => Err(status.map(|s| s.to_string())
+            accepted = listener.accept() => Accepted::Conn(accepted),
+            status = child.wait() => Accepted::Exited(status.map(|s| s.to_string())
                 .unwrap_or_else(|e| format!("unknown ({e})"))),
-            () = tokio::time::sleep(ACCEPT_WAIT) => Err(String::new()),
+            () = tokio::time::sleep(ACCEPT_WAIT) => Accepted::TimedOut,
         };
-        self.running = Some(Running {
+        let mut run = Running {
             child,
             stderr,
+            stderr_task,
             stdout,
-        });
+        };
+        if matches!(accepted, Accepted::Exited(_)) {
+            run.drain_stderr().await;
+        }
+        self.running = Some(run);
         match accepted {
-            Ok(Ok((sock, _))) => {
+            Accepted::Conn(Ok((sock, _))) => {
                 let _ = sock.set_nodelay(true);
                 Ok(sock)
             }
-            Ok(Err(e)) => Err(OpenError::Listen(e)),
-            Err(status) if !status.is_empty() => {
-                // Let the stderr reader catch up with a process that is gone.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                Err(OpenError::Exited {
-                    status,
-                    stderr: self.stderr_tail(),
-                })
-            }
-            Err(_) => Err(OpenError::NoConnect {
+            Accepted::Conn(Err(e)) => Err(OpenError::Listen(e)),
+            Accepted::Exited(status) => Err(OpenError::Exited {
+                status,
+                stderr: self.stderr_tail(),
+            }),
+            Accepted::TimedOut => Err(OpenError::NoConnect {
                 addr,
                 stderr: self.stderr_tail(),
             }),
@@ -272,7 +295,7 @@ impl ClientTarget {
         };
         let printed = match run.stdout.take() {
             Some(mut task) => {
-                let captured = match tokio::time::timeout(STDOUT_DRAIN, &mut task).await {
+                let captured = match tokio::time::timeout(PIPE_DRAIN, &mut task).await {
                     Ok(Ok(c)) => c,
                     _ => {
                         task.abort();
@@ -283,8 +306,7 @@ impl ClientTarget {
             }
             None => None,
         };
-        // The stderr reader ends with the pipe; give it a moment after the exit.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        run.drain_stderr().await;
         let stderr = tail_of(&run.stderr);
         Settled {
             exit,
@@ -307,6 +329,9 @@ impl ClientTarget {
             let _ = run.child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), run.child.wait()).await;
             if let Some(task) = run.stdout {
+                task.abort();
+            }
+            if let Some(task) = run.stderr_task {
                 task.abort();
             }
         }
