@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 
 use super::judge::{judge, End, Failure, FailureClass, Seen};
 use super::payload::preview;
-use super::target::{capture_tail, split_command, tail_lines, TargetError};
+use super::process::{capture_tail, owns_connection, split_command, tail_lines, BadCommand};
 use super::{CaseConfig, CaseResult};
 use crate::chaos::Ending;
 
@@ -72,10 +72,12 @@ pub enum ClientOutput {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
+    #[error(transparent)]
+    BadCommand(#[from] BadCommand),
     #[error("cannot listen on loopback: {0}")]
     Listen(std::io::Error),
-    #[error("cannot start `{cmd}`: {source}")]
-    Spawn { cmd: String, source: std::io::Error },
+    #[error("cannot start it: {0}")]
+    Spawn(std::io::Error),
     #[error("the client exited ({status}) before connecting; stderr:\n{stderr}")]
     Exited { status: String, stderr: String },
     #[error("the client did not connect to {addr} within {ACCEPT_WAIT:?}; stderr:\n{stderr}")]
@@ -83,24 +85,6 @@ pub enum OpenError {
 }
 
 impl OpenError {
-    /// The same, as a start-up error of `check` (exit code 2).
-    pub fn into_target_error(self, cmd: &str) -> TargetError {
-        match self {
-            OpenError::Spawn { cmd, source } => TargetError::Spawn { cmd, source },
-            OpenError::Listen(e) => TargetError::NoPort(e),
-            OpenError::Exited { status, stderr } => TargetError::DiedAtStart {
-                cmd: cmd.to_string(),
-                status,
-                stderr,
-            },
-            OpenError::NoConnect { addr, stderr } => TargetError::ClientNoConnect {
-                cmd: cmd.to_string(),
-                addr,
-                stderr,
-            },
-        }
-    }
-
     /// The same, as the failure of one case.
     pub fn into_failure(self) -> Failure {
         let class = match self {
@@ -178,7 +162,7 @@ pub struct ClientTarget {
 
 impl ClientTarget {
     /// Checks that the command splits into words (nothing is started yet).
-    pub fn new(cmd: &str, output: ClientOutput) -> Result<ClientTarget, TargetError> {
+    pub fn new(cmd: &str, output: ClientOutput) -> Result<ClientTarget, BadCommand> {
         split_command(cmd)?;
         Ok(ClientTarget {
             cmd: cmd.to_string(),
@@ -190,11 +174,8 @@ impl ClientTarget {
 
     /// Pre-flight: the client starts and connects; the connection is then closed at a
     /// frame boundary (no messages) and the client stopped.
-    pub async fn preflight(&mut self) -> Result<(), TargetError> {
-        let sock = self
-            .open(0)
-            .await
-            .map_err(|e| e.into_target_error(&self.cmd))?;
+    pub async fn preflight(&mut self) -> Result<(), OpenError> {
+        let sock = self.open(0).await?;
         drop(sock);
         self.kill().await;
         Ok(())
@@ -211,10 +192,7 @@ impl ClientTarget {
             .map_err(OpenError::Listen)?;
         let addr = listener.local_addr().map_err(OpenError::Listen)?;
         let words: Vec<String> = split_command(&self.cmd)
-            .map_err(|e| OpenError::Spawn {
-                cmd: self.cmd.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.0),
-            })?
+            .map_err(OpenError::BadCommand)?
             .into_iter()
             .map(|w| w.replace("{port}", &addr.port().to_string()))
             .collect();
@@ -226,10 +204,7 @@ impl ClientTarget {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| OpenError::Spawn {
-                cmd: self.cmd.clone(),
-                source,
-            })?;
+            .map_err(OpenError::Spawn)?;
         self.starts += 1;
         let stderr = Arc::<Mutex<Vec<u8>>>::default();
         let stderr_task = child
@@ -241,11 +216,21 @@ impl ClientTarget {
             .stdout
             .take()
             .map(|out| tokio::spawn(capture_capped(out, cap)));
-        let accepted = tokio::select! {
-            accepted = listener.accept() => Accepted::Conn(accepted),
-            status = child.wait() => Accepted::Exited(status.map(|s| s.to_string())
-                .unwrap_or_else(|e| format!("unknown ({e})"))),
-            () = tokio::time::sleep(ACCEPT_WAIT) => Accepted::TimedOut,
+        let pid = child.id();
+        let deadline = tokio::time::Instant::now() + ACCEPT_WAIT;
+        let accepted = loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    // Someone else's connection (see `owns_connection`): wait on.
+                    Ok((_, peer)) if pid.and_then(|p| owns_connection(p, addr, peer)) == Some(false) => {
+                        tracing::warn!("a connection from {peer} is not the client's; dropped");
+                    }
+                    other => break Accepted::Conn(other),
+                },
+                status = child.wait() => break Accepted::Exited(status.map(|s| s.to_string())
+                    .unwrap_or_else(|e| format!("unknown ({e})"))),
+                () = tokio::time::sleep_until(deadline) => break Accepted::TimedOut,
+            }
         };
         let mut run = Running {
             child,

@@ -6,6 +6,7 @@
 //! - [`target`]: `--connect ADDR` or `--spawn CMD` (started, watched, restarted), or
 //!   `--client CMD`.
 //! - [`client`]: `--client CMD`: a client receiver started per case, its echoes judged.
+//! - [`process`]: command lines without a shell, and the stderr tail of started processes.
 //! - [`shrink`]: makes a failing case smaller while it still fails.
 //! - [`repro`]: reproducer files and `chopstick replay`.
 //! - [`protocol`]: how exec, file and auth messages become requests and replies.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod drive;
 pub mod judge;
 pub mod payload;
+pub mod process;
 pub mod protocol;
 pub mod repro;
 pub mod run;

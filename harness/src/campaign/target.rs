@@ -9,18 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::client::{ClientOutput, ClientTarget};
+use super::client::{ClientOutput, ClientTarget, OpenError};
 use super::drive::{self, Timing};
 use super::judge::{Failure, FailureClass};
+use super::process::{capture_tail, tail_lines};
+pub use super::process::{split_command, BadCommand};
 
-/// Most stderr kept from a spawned target (the tail is what matters).
-const STDERR_CAP: usize = 64 * 1024;
-/// Lines of stderr quoted in failures.
-const STDERR_TAIL_LINES: usize = 20;
 /// How long a spawned target gets to start accepting connections.
 const STARTUP: Duration = Duration::from_secs(15);
 
@@ -79,21 +76,9 @@ pub enum TargetError {
     NotListening { cmd: String, addr: SocketAddr },
     #[error("cannot find a free port: {0}")]
     NoPort(std::io::Error),
-    #[error(
-        "client `{cmd}` did not connect to {addr} within {:?}; stderr:\n{stderr}",
-        super::client::ACCEPT_WAIT
-    )]
-    ClientNoConnect {
-        cmd: String,
-        addr: SocketAddr,
-        stderr: String,
-    },
+    #[error("client `{cmd}`: {source}")]
+    Client { cmd: String, source: OpenError },
 }
-
-/// A `--spawn` command line that cannot be split into words.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad --spawn command: {0}")]
-pub struct BadCommand(pub String);
 
 /// A running target.
 #[derive(Debug)]
@@ -105,68 +90,6 @@ pub struct Target {
     pub restarts: u32,
     /// `--client`: the client started for each case.
     pub client: Option<ClientTarget>,
-}
-
-/// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
-pub fn split_command(cmd: &str) -> Result<Vec<String>, BadCommand> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quote = None;
-    let mut in_word = false;
-    for c in cmd.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(BadCommand(format!("unterminated quote in `{cmd}`")));
-    }
-    if in_word {
-        words.push(cur);
-    }
-    if words.is_empty() {
-        return Err(BadCommand("empty command".into()));
-    }
-    Ok(words)
-}
-
-/// Reads a child's stderr into `sink` until it closes, keeping the last
-/// [`STDERR_CAP`] bytes.
-pub(crate) async fn capture_tail(mut err: impl AsyncReadExt + Unpin, sink: Arc<Mutex<Vec<u8>>>) {
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = err.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let mut s = sink.lock().expect("stderr lock");
-        s.extend_from_slice(&buf[..n]);
-        if s.len() > STDERR_CAP {
-            let cut = s.len() - STDERR_CAP;
-            s.drain(..cut);
-        }
-    }
-}
-
-/// The last [`STDERR_TAIL_LINES`] lines of captured output.
-pub(crate) fn tail_lines(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
 }
 
 fn free_port() -> Result<u16, TargetError> {
@@ -192,7 +115,13 @@ impl Target {
             TargetSpec::Spawn(_) => t.spawn().await?,
             TargetSpec::Client { cmd, output } => {
                 let mut client = ClientTarget::new(cmd, *output)?;
-                client.preflight().await?;
+                client
+                    .preflight()
+                    .await
+                    .map_err(|source| TargetError::Client {
+                        cmd: cmd.clone(),
+                        source,
+                    })?;
                 t.client = Some(client);
             }
         }
@@ -304,25 +233,5 @@ impl Target {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_like_a_user_expects_without_a_shell() {
-        assert_eq!(
-            split_command("python3 srv.py {port}").unwrap(),
-            ["python3", "srv.py", "{port}"]
-        );
-        assert_eq!(
-            split_command(r#"a 'b c' "d e"f"#).unwrap(),
-            ["a", "b c", "d ef"]
-        );
-        assert_eq!(split_command("a ''").unwrap(), ["a", ""]);
-        assert!(split_command("a 'b").is_err());
-        assert!(split_command("   ").is_err());
     }
 }

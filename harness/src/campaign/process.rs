@@ -1,0 +1,181 @@
+//! Child processes chopstick starts (`--spawn` servers, `--client` clients): their
+//! command lines, split without a shell, and the tail of their stderr.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncReadExt;
+
+/// Most stderr kept from a started process (the tail is what matters).
+const STDERR_CAP: usize = 64 * 1024;
+/// Lines of stderr quoted in failures.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// A `--spawn` or `--client` command line that cannot be split into words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad command line: {0}")]
+pub struct BadCommand(pub String);
+
+/// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
+pub fn split_command(cmd: &str) -> Result<Vec<String>, BadCommand> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    let mut in_word = false;
+    for c in cmd.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(BadCommand(format!("unterminated quote in `{cmd}`")));
+    }
+    if in_word {
+        words.push(cur);
+    }
+    if words.is_empty() {
+        return Err(BadCommand("empty command".into()));
+    }
+    Ok(words)
+}
+
+/// Reads a child's stderr into `sink` until it closes, keeping the last
+/// [`STDERR_CAP`] bytes.
+pub(crate) async fn capture_tail(mut err: impl AsyncReadExt + Unpin, sink: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = err.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let mut s = sink.lock().expect("stderr lock");
+        s.extend_from_slice(&buf[..n]);
+        if s.len() > STDERR_CAP {
+            let cut = s.len() - STDERR_CAP;
+            s.drain(..cut);
+        }
+    }
+}
+
+/// The last [`STDERR_TAIL_LINES`] lines of captured output.
+pub(crate) fn tail_lines(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
+}
+
+/// Most processes [`owns_connection`] looks through (the client and its descendants).
+const MAX_TREE: usize = 64;
+
+/// Whether the loopback IPv4 connection from `peer` to `local` is held by process `pid`
+/// or one of its descendants, read from Linux's `/proc` (`/proc/net/tcp` gives the
+/// socket's inode, `/proc/PID/fd` who holds it). `None` where `/proc` cannot tell.
+///
+/// A listener on a free port can be reached by anyone on the machine (another
+/// program's "is the server up yet?" probe to a port it just freed, say): this tells
+/// the client started for a case from a stranger.
+pub fn owns_connection(pid: u32, local: SocketAddr, peer: SocketAddr) -> Option<bool> {
+    let (SocketAddr::V4(local), SocketAddr::V4(peer)) = (local, peer) else {
+        return None;
+    };
+    let hex = |a: std::net::SocketAddrV4| {
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        )
+    };
+    let (theirs, ours) = (hex(peer), hex(local));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == theirs && f[2] == ours).then(|| f[9].to_string())
+    })?;
+    let socket = format!("socket:[{inode}]");
+    let mut todo = vec![pid];
+    let mut seen = 0;
+    while let Some(p) = todo.pop() {
+        seen += 1;
+        if seen > MAX_TREE {
+            return None;
+        }
+        let holds = std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str())
+            });
+        if holds {
+            return Some(true);
+        }
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(kids) = std::fs::read_to_string(task.path().join("children")) {
+                todo.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    Some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_told_apart_from_a_strangers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let mine = std::net::TcpStream::connect(local).unwrap();
+        let (_accepted, peer) = listener.accept().unwrap();
+        assert_eq!(mine.local_addr().unwrap(), peer);
+        if let Some(owned) = owns_connection(std::process::id(), local, peer) {
+            assert!(owned);
+            // A process of our own that does not hold the socket.
+            let mut other = std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .unwrap();
+            let held = owns_connection(other.id(), local, peer);
+            let _ = other.kill();
+            let _ = other.wait();
+            assert_eq!(held, Some(false));
+        }
+    }
+
+    #[test]
+    fn splits_like_a_user_expects_without_a_shell() {
+        assert_eq!(
+            split_command("python3 srv.py {port}").unwrap(),
+            ["python3", "srv.py", "{port}"]
+        );
+        assert_eq!(
+            split_command(r#"a 'b c' "d e"f"#).unwrap(),
+            ["a", "b c", "d ef"]
+        );
+        assert_eq!(split_command("a ''").unwrap(), ["a", ""]);
+        assert!(split_command("a 'b").is_err());
+        assert!(split_command("   ").is_err());
+    }
+}
