@@ -5,13 +5,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use chopstick::campaign::check::{CheckConfig, Profile, Progress};
 use chopstick::campaign::payload::preview;
 use chopstick::campaign::repro::Reproducer;
-use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
+use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
+use chopstick::oracle::Oracle;
 use chopstick::proxy::FaultDirection;
 use chopstick::report::{Report, Row};
 use chopstick::workload::{Mode, Workload};
@@ -131,8 +133,8 @@ struct CheckArgs {
     /// Framing spec of requests and replies.
     #[arg(long, default_value = "u32be")]
     framing: Framing,
-    /// How replies are judged: echo, upper (ASCII a-z upper-cased) or differential
-    /// (equal to an unfaulted run's replies).
+    /// How replies are judged: echo, upper (ASCII a-z upper-cased), differential
+    /// (equal to an unfaulted run's replies), exec or file (chopstick's own servers).
     /// (with --udp: echo, upper or time).
     #[arg(long, default_value = "echo")]
     oracle: String,
@@ -578,7 +580,7 @@ impl CampaignArgs {
         Ok(chopstick::campaign::run::parse_profiles(list)?)
     }
 
-    fn case_config(&self, framing: Framing, oracle: OracleKind) -> Result<CaseConfig> {
+    fn case_config(&self, framing: Framing, oracle: Arc<dyn Oracle>) -> Result<CaseConfig> {
         Ok(CaseConfig {
             framing,
             oracle,
@@ -652,7 +654,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     if args.udp {
         return check_udp(&args, seed).await;
     }
-    let oracle: OracleKind = args.oracle.parse().map_err(anyhow::Error::msg)?;
+    let oracle = chopstick::oracle::parse(&args.oracle)?;
     let (target, target_name) = match (&args.connect, &args.spawn) {
         (Some(addr), _) => (TargetSpec::Connect(*addr), addr.to_string()),
         (None, Some(cmd)) => (TargetSpec::Spawn(cmd.clone()), spawn_name(cmd)),
