@@ -42,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use super::judge::{judge, End, Failure, FailureClass, Seen};
+use super::judge::{End, Failure, FailureClass, Seen};
 use super::payload::preview;
 use super::process::{capture_tail, owns_connection, split_command, tail_lines, BadCommand};
 use super::{CaseConfig, CaseResult};
@@ -395,7 +395,9 @@ pub async fn settle_case(
     if let Some(printed) = &settled.printed {
         result.seen = printed.clone();
         result.latencies_us.clear();
-        result.failure = judge(&result.expected, &result.seen, must_finish);
+        result.failure = config
+            .oracle
+            .judge(&result.expected, &result.seen, must_finish);
     }
     result.failure = verdict(
         result.failure.take(),

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use super::client::{ClientOutput, ClientTarget, OpenError};
-use super::drive::{self, Timing};
+use super::drive::Timing;
 use super::judge::{Failure, FailureClass};
 use super::process::{capture_tail, tail_lines};
 pub use super::process::{split_command, BadCommand};
@@ -133,7 +133,7 @@ impl Target {
     pub async fn open(&mut self, sent: usize, timing: &Timing) -> Result<TcpStream, Failure> {
         match self.client.as_mut() {
             Some(client) => client.open(sent).await.map_err(|e| e.into_failure()),
-            None => drive::connect(self.addr, timing).await.map_err(|e| {
+            None => self.connect(timing.connect).await.map_err(|e| {
                 Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}"))
             }),
         }
@@ -193,6 +193,20 @@ impl Target {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Opens a connection to the target (NODELAY set, so each planned write is its own
+    /// segment). Every stream a case uses comes from here or from an oracle's
+    /// handshake on top of it, so a target that supplies streams another way (one a
+    /// client under test connects to) changes only this method.
+    pub async fn connect(&self, timeout: Duration) -> std::io::Result<tokio::net::TcpStream> {
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 
     /// `Some(status)` if a spawned target has exited.

@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chopstick::campaign::check::{CheckConfig, Profile};
 use chopstick::campaign::client::ClientOutput;
-use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
+use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
+use chopstick::oracle::Oracle;
 use chopstick::report::Report;
 use chopstick::workload::{Mode, Workload};
 use chopstick_targets::udp::MAX_UDP_PAYLOAD;
@@ -41,8 +43,8 @@ pub struct CheckArgs {
     /// Framing spec of requests and replies.
     #[arg(long, default_value = "u32be")]
     framing: Framing,
-    /// How replies are judged: echo, upper (ASCII a-z upper-cased) or differential
-    /// (equal to an unfaulted run's replies).
+    /// How replies are judged: echo, upper (ASCII a-z upper-cased), differential
+    /// (equal to an unfaulted run's replies), exec or file (chopstick's own servers).
     /// (with --udp: echo, upper or time).
     #[arg(long, default_value = "echo")]
     oracle: String,
@@ -134,7 +136,7 @@ impl CampaignArgs {
         Ok(chopstick::campaign::run::parse_profiles(list)?)
     }
 
-    fn case_config(&self, framing: Framing, oracle: OracleKind) -> Result<CaseConfig> {
+    fn case_config(&self, framing: Framing, oracle: Arc<dyn Oracle>) -> Result<CaseConfig> {
         Ok(CaseConfig {
             framing,
             oracle,
@@ -176,11 +178,11 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         anyhow::ensure!(args.client.is_none(), "--udp does not take --client");
         return check_udp(&args, seed).await;
     }
-    let oracle: OracleKind = args.oracle.parse().map_err(anyhow::Error::msg)?;
+    let oracle = chopstick::oracle::parse(&args.oracle)?;
     let target = match (&args.connect, &args.spawn, &args.client) {
         (Some(addr), _, _) => TargetSpec::Connect(*addr),
         (None, Some(cmd), _) => TargetSpec::Spawn(cmd.clone()),
-        (None, None, Some(cmd)) => client_spec(&args, cmd, oracle)?,
+        (None, None, Some(cmd)) => client_spec(&args, cmd, &*oracle)?,
         (None, None, None) => unreachable!("clap requires one of --connect/--spawn/--client"),
     };
     let target_name = target.display_name();
@@ -208,11 +210,15 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     c.finish(&report)
 }
 
-/// `--client`: only oracles that judge each echo on its own, and ping-pong only when
-/// the echoes come back on the socket.
-fn client_spec(args: &CheckArgs, cmd: &str, oracle: OracleKind) -> Result<TargetSpec> {
-    if !matches!(oracle, OracleKind::Echo | OracleKind::Upper) {
-        anyhow::bail!("--client works with --oracle echo or upper");
+/// `--client`: only oracles that judge the echoes of one connection on their own (no
+/// baseline, read-back or handshake: those need fresh connections a client does not
+/// make), and ping-pong only when the echoes come back on the socket.
+fn client_spec(args: &CheckArgs, cmd: &str, oracle: &dyn Oracle) -> Result<TargetSpec> {
+    if oracle.baseline().is_some() || oracle.read_back().is_some() || oracle.handshake().is_some() {
+        anyhow::bail!(
+            "--client works with oracles that judge each echo on its own (echo, upper), not `{}`",
+            oracle.name()
+        );
     }
     let output = match args.client_output {
         ClientOutputArg::Echo => ClientOutput::Echo,
