@@ -23,7 +23,6 @@ use chopstick::proxy::api::{ApiHandle, ApiSettings};
 use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::runtime::Runtime;
 
 /// Idle connections held open through the proxy for the toxic-change row.
 const LIVE: usize = 200;
@@ -79,11 +78,13 @@ fn bench(c: &mut Criterion) {
         let nox_bulk = nox::spawn(sink, vec![]).await;
         let nox_ping = nox::spawn(echo, vec![]).await;
         let bulk = vec![
+            ("direct", sink),
             ("chopstick_api", create(addr, "bulk", sink).await),
             ("chopstick_fixed", fixed_bulk.addr),
             ("noxious", nox_bulk.addr),
         ];
         let ping = vec![
+            ("direct", echo),
             ("chopstick_api", create(addr, "ping", echo).await),
             ("chopstick_fixed", fixed_ping.addr),
             ("noxious", nox_ping.addr),
@@ -124,7 +125,7 @@ fn bench(c: &mut Criterion) {
     }
     // The same transfer while toxics come and go on the other stream of this proxy.
     let conn = Arc::new(tokio::sync::Mutex::new(
-        rt.block_on(benches::connect(bulk[0].1)),
+        rt.block_on(benches::connect(bulk[1].1)),
     ));
     group.bench_function("chopstick_api_churn", |b| {
         b.iter_custom(|iters| {
@@ -185,7 +186,7 @@ fn bench(c: &mut Criterion) {
         let held: Vec<TcpStream> = rt.block_on(async {
             let mut v = Vec::new();
             for _ in 0..live {
-                v.push(benches::connect(ping[0].1).await);
+                v.push(benches::connect(ping[1].1).await);
             }
             v
         });

@@ -1044,6 +1044,22 @@ mod tests {
     }
 
     #[test]
+    fn coalesce_holds_frames_for_its_window_and_others_do_not() {
+        let hold = Hold::for_faults(&"coalesce:max=3:hold_ms=20".parse().unwrap());
+        assert_eq!(hold.frames, 3);
+        assert_eq!(hold.gap, Duration::from_millis(20));
+        assert_eq!(hold.max_wait, Duration::from_millis(60));
+        // The window follows the sender but never passes max_wait.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(hold.deadline(t0, t0), t0 + Duration::from_millis(20));
+        let late = t0 + Duration::from_millis(50);
+        assert_eq!(hold.deadline(t0, late), t0 + Duration::from_millis(60));
+        let off = Hold::for_faults(&"coalesce:hold_ms=0".parse().unwrap());
+        assert!(off.gap.is_zero());
+        assert_eq!(Hold::for_faults(&"split".parse().unwrap()), Hold::default());
+    }
+
+    #[test]
     fn hold_releases_whole_frames_only() {
         let framing: Framing = "u32be".parse().unwrap();
         let (stream, _) = framing.encode_all(&[&b"ab"[..], &b"cdef"[..]]).unwrap();

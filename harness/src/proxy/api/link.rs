@@ -534,7 +534,13 @@ impl Writer<'_> {
     ) -> Result<(usize, Option<Ending>), End> {
         let mut done = 0usize;
         let mut last_write: Option<Instant> = None;
-        let min_pause = self.ctx.settings.min_pause;
+        // chopstick's faults promise separate reads, which needs a gap between pieces
+        // (see `chaos::tcp`); Toxiproxy's slicer promises only its own `delay`.
+        let min_pause = if self.active(|k| matches!(k, Kind::Chaos { .. })) {
+            self.ctx.settings.min_pause
+        } else {
+            Duration::ZERO
+        };
         for step in &plan.steps {
             match *step {
                 Step::Write(n) => {

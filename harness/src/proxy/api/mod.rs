@@ -80,7 +80,9 @@ pub struct ApiSettings {
     pub idle_timeout: Duration,
     /// A write to a peer that makes no progress for this long resets the connection.
     pub stall_timeout: Duration,
-    /// Smallest gap between the pieces of a cut chunk (see [`crate::chaos::tcp`]).
+    /// Smallest gap between the pieces of a chunk cut by chopstick's toxics, so they
+    /// arrive as separate reads (see [`crate::chaos::tcp`]); Toxiproxy's slicer only
+    /// waits its own `delay`.
     pub min_pause: Duration,
 }
 
