@@ -249,6 +249,7 @@ fn holding_whole_frames_coalesces_separately_written_frames_into_one_read() {
                 max_bytes: 1 << 20,
                 // Long enough that the client's pauses never force a partial batch.
                 max_wait: Duration::from_secs(2),
+                gap: Duration::ZERO,
             };
             c.plans = Some(PlanSource::new(move |len, frames, _rng| {
                 seen.lock().unwrap().push(frames.to_vec());

@@ -17,9 +17,18 @@ pub struct ProxyArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The server to relay to (loopback only).
-    #[arg(long)]
-    upstream: SocketAddr,
+    /// The server to relay to (loopback only). Required unless --api.
+    #[arg(long, required_unless_present = "api")]
+    upstream: Option<SocketAddr>,
+    /// Serve Toxiproxy's HTTP API on this loopback address (default 127.0.0.1:8474):
+    /// proxies and toxics are then created and changed at run time by any Toxiproxy
+    /// client; --listen/--upstream/--faults do not apply.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8474", conflicts_with_all = ["upstream", "udp", "faults", "framing"])]
+    api: Option<SocketAddr>,
+    /// With --api: a Toxiproxy config file (a JSON list of {name, listen, upstream,
+    /// enabled}) whose proxies are created at start.
+    #[arg(long, requires = "api")]
+    config: Option<std::path::PathBuf>,
     /// Framing of the relayed stream, so faults cut at frame boundaries (TCP only).
     #[arg(long)]
     framing: Option<Framing>,
@@ -44,19 +53,23 @@ pub struct ProxyArgs {
 }
 
 pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
-    if !args.upstream.ip().is_loopback() {
-        bail!(
-            "--upstream {} is not loopback; chopstick only sends traffic to this machine",
-            args.upstream
-        );
-    }
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("chopstick proxy: seed {seed}");
+    let upstream = match (args.api, args.upstream) {
+        (Some(api), _) => return serve_api(api, args.config.as_deref(), seed).await,
+        (None, Some(upstream)) => upstream,
+        (None, None) => bail!("--upstream is required without --api"),
+    };
+    if !upstream.ip().is_loopback() {
+        bail!(
+            "--upstream {upstream} is not loopback; chopstick only sends traffic to this machine"
+        );
+    }
     if args.udp {
         let socket = tokio::net::UdpSocket::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let mut config = chopstick::udp::RelayConfig::new(args.upstream);
+        let mut config = chopstick::udp::RelayConfig::new(upstream);
         config.faults = args.faults.parse().context("--faults")?;
         config.seed = seed;
         config.direction = args.direction;
@@ -67,17 +80,39 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     }
     let listener = server::bind(args.listen, 1024)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let mut config = chopstick::proxy::ProxyConfig::new(args.upstream);
+    let mut config = chopstick::proxy::ProxyConfig::new(upstream);
     config.framing = args.framing;
     config.faults = args.faults.replace('+', ",").parse().context("--faults")?;
     config.direction = args.direction;
     config.seed = seed;
     config.min_pause = secs(args.min_pause_ms / 1000.0, "min-pause-ms")?;
-    // `coalesce` can only merge frames the relay holds back; hold a few when it is asked for.
-    if args.faults.contains("coalesce") || args.faults.contains("mixed") {
-        config.hold.frames = config.hold.frames.max(4);
-    }
+    // `coalesce` can only merge frames the relay holds back (its `hold_ms`).
+    config.hold = chopstick::proxy::Hold::for_faults(&config.faults);
     println!("listening on {}", listener.local_addr()?);
     chopstick::proxy::run(listener, config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--api`: Toxiproxy's HTTP API until Ctrl-C.
+async fn serve_api(
+    api: SocketAddr,
+    config: Option<&std::path::Path>,
+    seed: u64,
+) -> Result<ExitCode> {
+    use chopstick::proxy::api::{self, ApiSettings, Registry};
+    if !api.ip().is_loopback() {
+        bail!("--api {api} is not loopback; the API has no authentication");
+    }
+    let listener = server::bind(api, 1024).with_context(|| format!("cannot listen on {api}"))?;
+    let registry = std::sync::Arc::new(Registry::new(ApiSettings {
+        seed,
+        ..ApiSettings::default()
+    }));
+    if let Some(path) = config {
+        let n = api::load_config(&registry, path).await?;
+        eprintln!("chopstick proxy: {n} proxies from {}", path.display());
+    }
+    println!("api listening on {}", listener.local_addr()?);
+    api::run(listener, registry, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -83,6 +83,7 @@ use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
 use chopstick_targets::server::TaskHandle;
 use chopstick_targets::wire::{FrameLayout, FrameScanner, Framing, StreamFrame};
 
+pub mod api;
 mod pump;
 
 /// The signature of a plan source: `(batch length, frame layouts in the batch, rng)`.
@@ -172,6 +173,10 @@ pub struct Hold {
     pub max_bytes: usize,
     /// Never hold a byte longer than this.
     pub max_wait: Duration,
+    /// When positive, held bytes also go on once nothing more has arrived for this long
+    /// (a window that follows the sender; `max_wait` still bounds it). `coalesce`'s
+    /// `hold_ms`.
+    pub gap: Duration,
 }
 
 impl Default for Hold {
@@ -180,6 +185,51 @@ impl Default for Hold {
             frames: 1,
             max_bytes: 1 << 20,
             max_wait: Duration::from_millis(5),
+            gap: Duration::ZERO,
+        }
+    }
+}
+
+impl Hold {
+    /// The holding `faults` need: for a `coalesce` entry (directly or through `mixed`),
+    /// up to its `max` frames, waiting `hold_ms` for each next send (see
+    /// [`crate::chaos::faults::Coalesce`]); otherwise the default.
+    pub fn for_faults(faults: &FaultSet) -> Hold {
+        use crate::chaos::faults::{Coalesce, FaultSpec};
+        let coalesce = faults.entries().iter().find_map(|e| match e.spec {
+            FaultSpec::Coalesce(c) => Some(c),
+            FaultSpec::Mixed => Some(Coalesce::default()),
+            _ => None,
+        });
+        match coalesce {
+            Some(c) if c.hold_ms > 0 => {
+                let gap = Duration::from_millis(c.hold_ms);
+                Hold {
+                    frames: c.max.max(1),
+                    gap,
+                    max_wait: gap.saturating_mul(c.max.clamp(1, 64) as u32),
+                    ..Hold::default()
+                }
+            }
+            Some(c) => Hold {
+                frames: c.max.max(1),
+                ..Hold::default()
+            },
+            None => Hold::default(),
+        }
+    }
+
+    /// When bytes held since `first` must go on, the last of them read at `now`.
+    fn deadline(
+        &self,
+        first: tokio::time::Instant,
+        now: tokio::time::Instant,
+    ) -> tokio::time::Instant {
+        let cap = after(first, self.max_wait);
+        if self.gap.is_zero() {
+            cap
+        } else {
+            cap.min(after(now, self.gap))
         }
     }
 }
@@ -665,7 +715,7 @@ async fn discard(stream: &mut TcpStream) {
 }
 
 /// The frame-aware, faulted part of one direction's relay.
-struct Chaos {
+pub(crate) struct Chaos {
     rng: ChaCha8Rng,
     writer: PlanWriter,
     /// `None` without `--framing`, or once the stream failed to parse.
@@ -770,8 +820,9 @@ async fn relay_inner(
     // Allocated by the first read that finds bytes (see `read_some`): a connection that
     // never speaks costs no read buffer.
     let mut held = BytesMut::new();
-    // When the oldest held byte must go on at the latest.
+    // When the held bytes must go on at the latest, and when the oldest was read.
     let mut hold_deadline: Option<tokio::time::Instant> = None;
+    let mut held_since: Option<tokio::time::Instant> = None;
     loop {
         let room = (cap - held.len()).min(config.read_buffer);
         let got = read_some(src, &mut held, room, hold_deadline, conn).await;
@@ -779,8 +830,9 @@ async fn relay_inner(
             Got::Data(n) => {
                 conn.touch();
                 chaos.scan(&held[held.len() - n..], conn.id, dir);
-                hold_deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + config.hold.max_wait);
+                let now = tokio::time::Instant::now();
+                let first = *held_since.get_or_insert(now);
+                hold_deadline = Some(config.hold.deadline(first, now));
                 false
             }
             Got::HoldExpired => true,
@@ -817,8 +869,9 @@ async fn relay_inner(
         let result = deliver(dst, &mut batch, &mut chaos, conn, dir, stats).await;
         // The split-off batch is gone; let the next reads reuse its space.
         drop(batch);
-        hold_deadline =
-            (!held.is_empty()).then(|| tokio::time::Instant::now() + config.hold.max_wait);
+        let now = tokio::time::Instant::now();
+        held_since = (!held.is_empty()).then_some(now);
+        hold_deadline = held_since.map(|first| config.hold.deadline(first, now));
         if let Err(end) = result {
             return end;
         }
@@ -988,6 +1041,22 @@ mod tests {
         assert!(!FaultDirection::Up.applies_to(Direction::Down));
         assert!(FaultDirection::Both.applies_to(Direction::Down));
         assert_eq!(FaultDirection::Down.to_string(), "down");
+    }
+
+    #[test]
+    fn coalesce_holds_frames_for_its_window_and_others_do_not() {
+        let hold = Hold::for_faults(&"coalesce:max=3:hold_ms=20".parse().unwrap());
+        assert_eq!(hold.frames, 3);
+        assert_eq!(hold.gap, Duration::from_millis(20));
+        assert_eq!(hold.max_wait, Duration::from_millis(60));
+        // The window follows the sender but never passes max_wait.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(hold.deadline(t0, t0), t0 + Duration::from_millis(20));
+        let late = t0 + Duration::from_millis(50);
+        assert_eq!(hold.deadline(t0, late), t0 + Duration::from_millis(60));
+        let off = Hold::for_faults(&"coalesce:hold_ms=0".parse().unwrap());
+        assert!(off.gap.is_zero());
+        assert_eq!(Hold::for_faults(&"split".parse().unwrap()), Hold::default());
     }
 
     #[test]

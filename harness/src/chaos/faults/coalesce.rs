@@ -6,6 +6,13 @@
 //! the receiver holds complete frames *and* a partial header after one read. Groups are
 //! `pause_us` apart so a real peer does not merge them further. Without layouts the
 //! stream goes out in one to three large writes.
+//!
+//! A relay can only merge frames it holds. `hold_ms` (default 12) is how long the proxy
+//! keeps held frames waiting for the next send: frames a client sends up to about 10 ms
+//! apart are merged, up to `max` per write. The price is latency: a frame waits at most
+//! `hold_ms` after the last byte that arrived behind it, and never more than
+//! `max * hold_ms` in all (48 ms with the defaults); a lone request waits `hold_ms`.
+//! `hold_ms=0` turns holding off (only frames that arrive together are merged).
 
 use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
@@ -17,6 +24,13 @@ use super::{
 };
 use crate::chaos::{Fault, Plan};
 
+/// Default of `hold_ms`: merges sends spaced up to ~10 ms, with some slack for a busy
+/// sender.
+pub const DEFAULT_HOLD_MS: u64 = 12;
+
+/// Longest `hold_ms` accepted (1 s): holding is latency the user pays on every frame.
+pub const MAX_HOLD_MS: u64 = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Coalesce {
@@ -25,6 +39,8 @@ pub struct Coalesce {
     /// Probability that a write also carries the start of the next frame.
     pub partial: f64,
     pub pause_us: u64,
+    /// How long a relay holds frames waiting for the next send, in milliseconds.
+    pub hold_ms: u64,
 }
 
 impl Default for Coalesce {
@@ -33,6 +49,7 @@ impl Default for Coalesce {
             max: 4,
             partial: 0.5,
             pause_us: 1000,
+            hold_ms: DEFAULT_HOLD_MS,
         }
     }
 }
@@ -76,6 +93,7 @@ impl Configure for Coalesce {
             "max" => self.max = parse_count(value, 1, usize::MAX)?,
             "partial" => self.partial = parse_probability(value)?,
             "pause_us" => self.pause_us = parse_pause(value)?,
+            "hold_ms" => self.hold_ms = parse_count(value, 0, MAX_HOLD_MS as usize)? as u64,
             _ => return Err(OptError::UnknownKey),
         }
         Ok(())
@@ -92,6 +110,9 @@ impl Configure for Coalesce {
         }
         if self.pause_us != d.pause_us {
             out.push(("pause_us", self.pause_us.to_string()));
+        }
+        if self.hold_ms != d.hold_ms {
+            out.push(("hold_ms", self.hold_ms.to_string()));
         }
         out
     }

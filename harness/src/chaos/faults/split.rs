@@ -8,7 +8,11 @@
 //! The middle of a large body is cut into chunks of 1..=`coarse` bytes instead — still
 //! split, but a 1 MiB body costs a few dozen paused writes, not 100 000.
 //! `coarse=0` cuts everything finely (a byte-exact "reads never exceed max" test wants that).
-//! Without frame layouts the whole stream counts as one body.
+//!
+//! Without frame layouts (no `--framing`, or a stream that does not parse) there are no
+//! edges to aim at, and the stream is cut the way a slicer cuts: into pieces of
+//! `max / 2 + 1 ..= max` bytes (about `3/4 max` on average), each followed by the pause.
+//! `coarse` only applies inside frames.
 
 use chopstick_targets::wire::FrameLayout;
 use rand::Rng;
@@ -70,17 +74,17 @@ impl Fault for Split {
     fn plan(&self, len: usize, frames: &[FrameLayout], rng: &mut ChaCha8Rng) -> Plan {
         let mut events = Events::new(len);
         let max = self.max.max(1);
-        let whole = [FrameLayout {
-            start: 0,
-            length_field: 0..0,
-            body: 0..len,
-            end: len,
-        }];
-        let frames = if frames.is_empty() {
-            &whole[..]
-        } else {
-            frames
-        };
+        if frames.is_empty() {
+            let mut at = 0;
+            // Each round moves `at` forward by at least one byte.
+            while at < len {
+                at = at
+                    .saturating_add(rng.random_range(max / 2 + 1..=max))
+                    .min(len);
+                events.cut_with_pause(at, self.pause_us);
+            }
+            return events.into_plan();
+        }
         let edge = max.saturating_mul(4);
         let mut at = 0;
         for f in frames.iter().filter(|f| f.end <= len) {

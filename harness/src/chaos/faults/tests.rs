@@ -206,3 +206,33 @@ fn a_huge_chunk_limit_does_not_overflow() {
     let mut rng = crate::chaos::conn_rng(1, 0, crate::chaos::Direction::Up);
     assert_eq!(set.plan(10, &[], &mut rng).bytes_written(), 10);
 }
+
+#[test]
+fn split_without_layouts_cuts_pieces_between_half_max_and_max() {
+    let set = parse("split:max=16");
+    let mut rng = crate::chaos::conn_rng(2, 0, crate::chaos::Direction::Up);
+    let plan = set.plan(64 * 1024, &[], &mut rng);
+    let writes: Vec<usize> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Write(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.iter().sum::<usize>(), 64 * 1024);
+    // Every piece but the last (the remainder) is 9..=16 bytes.
+    let (last, rest) = writes.split_last().unwrap();
+    assert!(rest.iter().all(|n| (9..=16).contains(n)), "{rest:?}");
+    assert!(*last <= 16);
+}
+
+#[test]
+fn coalesce_hold_ms_parses_prints_and_is_bounded() {
+    assert_eq!(
+        parse("coalesce:hold_ms=30").to_string(),
+        "coalesce:hold_ms=30"
+    );
+    assert_eq!(parse("coalesce:hold_ms=12").to_string(), "coalesce");
+    assert!("coalesce:hold_ms=5000".parse::<FaultSet>().is_err());
+}
