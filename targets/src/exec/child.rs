@@ -19,6 +19,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::sandbox::{self, Limits};
+use super::slots::Ticket;
+
 /// The only PATH a child sees, and the only places a program is looked up in.
 pub const FIXED_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -36,8 +39,10 @@ pub struct Spec {
     /// argv as the client sent it; `argv[0]` is the bare allow-listed name.
     pub argv: Vec<String>,
     pub stdin: Bytes,
+    /// Counts from when the server takes the request up: waiting for a slot included.
     pub timeout: Duration,
     pub output_cap: usize,
+    pub limits: Limits,
 }
 
 /// What happened to one command.
@@ -51,6 +56,8 @@ pub struct Outcome {
     pub truncated: bool,
     /// The program could not be started at all (the request is refused).
     pub spawn_error: Option<io::Error>,
+    /// No child slot came free before the deadline: the program never ran.
+    pub busy: bool,
 }
 
 impl Outcome {
@@ -82,10 +89,10 @@ impl Job {
     }
 }
 
-/// Starts `spec` on a new task.
-pub fn spawn(spec: Spec) -> Job {
+/// Starts `spec` on a new task once `ticket` is admitted to a running slot.
+pub fn spawn(spec: Spec, ticket: Ticket) -> Job {
     let (abort_tx, abort_rx) = oneshot::channel();
-    let done = tokio::spawn(run(spec, abort_rx));
+    let done = tokio::spawn(run(spec, ticket, abort_rx));
     Job {
         abort: abort_tx,
         done,
@@ -130,9 +137,22 @@ enum End {
     Aborted,
 }
 
-async fn run(spec: Spec, mut abort: oneshot::Receiver<()>) -> Outcome {
+async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Outcome {
     let mut outcome = Outcome::default();
     let deadline = Instant::now() + spec.timeout;
+    // Held until the child is reaped (the end of this function), so a slot stands for
+    // a live process.
+    let _slot = tokio::select! {
+        biased;
+        _ = &mut abort => return outcome,
+        admitted = tokio::time::timeout_at(deadline, ticket.admit()) => match admitted {
+            Ok(permit) => permit,
+            Err(_) => {
+                outcome.busy = true;
+                return outcome;
+            }
+        },
+    };
     let mut cmd = Command::new(&spec.program);
     {
         use std::os::unix::process::CommandExt;
@@ -150,6 +170,7 @@ async fn run(spec: Spec, mut abort: oneshot::Receiver<()>) -> Outcome {
         // Backstop: kills the leader if the Child is dropped un-reaped; tokio then
         // reaps it in the background.
         .kill_on_drop(true);
+    sandbox::confine(cmd.as_std_mut(), spec.limits, spec.timeout);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

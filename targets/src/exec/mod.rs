@@ -28,6 +28,8 @@
 //! (and about [`MAX_QUEUED_BYTES`] of stdin) wait while a command runs.
 
 mod child;
+pub mod sandbox;
+pub mod slots;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -47,6 +49,8 @@ use crate::server::{self, Common, ConnError, Counters, ServerError};
 use crate::wire::{HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
 
 pub use child::FIXED_PATH;
+pub use sandbox::Limits;
+pub use slots::{Slots, SlotsSnapshot};
 
 /// The programs allowed when the configuration names none.
 pub const DEFAULT_ALLOW: &[&str] = &[
@@ -76,6 +80,11 @@ pub struct Config {
     pub timeout: Duration,
     /// Most stdout+stderr bytes returned; beyond it the child is killed and `truncated` set.
     pub output_cap: usize,
+    /// Children running at once and requests waiting for one, shared by every
+    /// connection (and every clone of this config).
+    pub slots: Arc<Slots>,
+    /// Priority and resource limits of each child.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -85,6 +94,8 @@ impl Default for Config {
             allow: DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect(),
             timeout: DEFAULT_TIMEOUT,
             output_cap: DEFAULT_OUTPUT_CAP,
+            slots: Arc::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -144,8 +155,11 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             match queue.pop_front() {
                 Some(request) => {
                     queued_bytes -= request.body.len();
-                    match parse_request(&request, config, output_cap) {
-                        Ok(spec) => running = Some(child::spawn(spec)),
+                    match parse_request(&request, config, output_cap).and_then(|spec| {
+                        let ticket = config.slots.enter().ok_or_else(|| busy(&config.slots))?;
+                        Ok(child::spawn(spec, ticket))
+                    }) {
+                        Ok(job) => running = Some(job),
                         Err(refusal) => {
                             send(&mut replies, refusal.reply(), counters, idle).await?;
                         }
@@ -297,6 +311,7 @@ pub(crate) fn parse_request(
         stdin: request.body.clone(),
         timeout: config.timeout,
         output_cap,
+        limits: config.limits,
     })
 }
 
@@ -353,7 +368,20 @@ fn resolve(name: &str, path: &str) -> Option<PathBuf> {
         })
 }
 
+/// The refusal of a request that found every slot taken and the queue full.
+fn busy(slots: &Slots) -> Refusal {
+    let s = slots.snapshot();
+    Refusal(format!(
+        "server busy: {} commands running and {} waiting (at most {} + {}); try again later",
+        s.running, s.waiting, s.max_children, s.max_waiting
+    ))
+}
+
 fn outcome_reply(outcome: child::Outcome) -> HjsonFrame {
+    if outcome.busy {
+        return Refusal("server busy: no free child slot before the timeout; try again later".into())
+            .reply();
+    }
     if let Some(e) = &outcome.spawn_error {
         return Refusal(format!("cannot start the program: {e}")).reply();
     }
