@@ -277,20 +277,16 @@ async fn output_exactly_at_cap_is_not_truncated() {
 }
 
 
-async fn client_disconnect_mid_command_kills_child(rst: bool, unique: &str) {
+#[tokio::test]
+async fn client_rst_mid_command_kills_and_reaps_child() {
     let mut config = allowing(&["sleep"]);
     config.timeout = Duration::from_secs(60);
     let (server, counters) = start(config);
-    let argv = ["sleep", unique];
+    let argv = ["sleep", "47.32"];
     let mut s = common::connect(server.addr).await;
     s.write_all(&request(&argv, b"")).await.unwrap();
     let child = wait_for_proc(&argv).await;
-    if rst {
-        common::reset(s);
-    } else {
-        s.shutdown().await.unwrap();
-        drop(s);
-    }
+    common::reset(s);
     wait_until_reaped(&child).await;
     assert!(find_proc(&argv).is_none());
     counters
@@ -301,14 +297,53 @@ async fn client_disconnect_mid_command_kills_child(rst: bool, unique: &str) {
     assert_usable(&mut s).await;
 }
 
+/// `nc -N` and many clients send their requests, then `shutdown(SHUT_WR)`, then read:
+/// a FIN at a frame boundary means "no more requests", not "gone".
 #[tokio::test]
-async fn client_fin_mid_command_kills_and_reaps_child() {
-    client_disconnect_mid_command_kills_child(false, "47.31").await;
+async fn half_close_after_pipelined_requests_still_gets_every_reply() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_secs(30);
+    let (server, counters) = start(config);
+    let mut s = common::connect(server.addr).await;
+    let mut batch = request(&["sleep", "0.3"], b"");
+    for i in 0..3 {
+        batch.extend_from_slice(&request(&["echo", &format!("reply {i}")], b""));
+    }
+    s.write_all(&batch).await.unwrap();
+    s.shutdown().await.unwrap();
+    let (bytes, err) = common::read_to_end_or_error(&mut s).await;
+    assert!(err.is_none(), "{err:?}");
+    let replies = common::read_frames(&bytes[..], HjsonCodec::new(1 << 20), 4).await;
+    assert_eq!(replies[0].header["exit"], json!(0), "{:?}", replies[0].header);
+    for (i, reply) in replies[1..].iter().enumerate() {
+        assert_eq!(split_output(reply).0, format!("reply {i}\n").as_bytes());
+    }
+    counters
+        .wait_until(DEADLINE, |c| c.completed == 1 && c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("a half-close is a clean end: {c:?}"));
 }
 
+/// A peer that closed entirely (FIN, then gone) is only found out when its reply cannot
+/// be delivered; the command's deadline bounds what it costs, and the child is reaped.
 #[tokio::test]
-async fn client_rst_mid_command_kills_and_reaps_child() {
-    client_disconnect_mid_command_kills_child(true, "47.32").await;
+async fn client_gone_after_fin_costs_at_most_the_deadline() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_millis(500);
+    let (server, counters) = start(config);
+    let argv = ["sleep", "47.31"];
+    let mut s = common::connect(server.addr).await;
+    s.write_all(&request(&argv, b"")).await.unwrap();
+    let child = wait_for_proc(&argv).await;
+    s.shutdown().await.unwrap();
+    drop(s);
+    wait_until_reaped(&child).await;
+    counters
+        .wait_until(DEADLINE, |c| c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("connection never ended: {c:?}"));
+    let mut s = common::connect(server.addr).await;
+    assert_usable(&mut s).await;
 }
 
 #[tokio::test]

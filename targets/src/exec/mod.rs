@@ -17,9 +17,12 @@
 //!   looked up only on [`FIXED_PATH`]; the child gets an empty environment plus that PATH;
 //! - every command has a deadline and an output cap (stdout + stderr together); beyond
 //!   either its whole process group is killed and the reply says `timed_out`/`truncated`;
-//! - a client that goes away while its command runs gets the command killed, and every
-//!   child is reaped: no orphans, no zombies. A FIN counts as going away: a half-closed
-//!   socket looks the same as a closed one, and a fuzzer's cut must not leave children;
+//! - a client that goes away while its command runs (a reset, an EOF inside a request,
+//!   a reply that cannot be written) gets the command killed, and every child is
+//!   reaped: no orphans, no zombies. A FIN after complete requests is not going away:
+//!   it means "no more requests" (`nc -N`, `shutdown(SHUT_WR)`), so the requests
+//!   already received run and are answered before the server closes; the deadline
+//!   bounds what a peer that closed entirely can cost;
 //! - a refused request costs nothing but an `error` reply; the connection stays usable.
 //!   A corrupt stream (bad header, oversize frame) closes the connection after the
 //!   replies to the requests before it, and is counted.
@@ -33,7 +36,6 @@ pub mod slots;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,6 +151,8 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let mut running: Option<child::Job> = None;
     // A corrupt frame seen behind earlier requests: answer those, then close.
     let mut corrupt: Option<ConnError> = None;
+    // The peer sent FIN at a frame boundary: answer what was asked, then close.
+    let mut finished = false;
 
     loop {
         if running.is_none() {
@@ -170,12 +174,17 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Some(e) = corrupt.take() {
                         return Err(e);
                     }
+                    if finished {
+                        return Ok(());
+                    }
                 }
             }
         }
         let busy = running.is_some();
-        let can_read =
-            corrupt.is_none() && queue.len() < MAX_QUEUED && queued_bytes < MAX_QUEUED_BYTES;
+        let can_read = !finished
+            && corrupt.is_none()
+            && queue.len() < MAX_QUEUED
+            && queued_bytes < MAX_QUEUED_BYTES;
         tokio::select! {
             next = read_request(&mut requests, busy, idle), if can_read => match next {
                 Ok(Some(frame)) => {
@@ -183,15 +192,9 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     queued_bytes += frame.body.len();
                     queue.push_back(frame);
                 }
-                // Clean end: nothing was in flight.
-                Ok(None) if !busy => return Ok(()),
-                // The client is gone while its command runs: kill it, reap it, close.
-                Ok(None) => {
-                    return Err(abandon(running, io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "client closed the connection while its command was running",
-                    ).into()).await);
-                }
+                // FIN at a frame boundary: no more requests, but the ones received
+                // (running or queued) are still answered.
+                Ok(None) => finished = true,
                 // A reset or an EOF inside a frame: the client is gone too.
                 Err(e @ (ConnError::Wire(WireError::Io(_) | WireError::Truncated { .. }) | ConnError::Io(_))) => {
                     return Err(abandon(running, e).await);
