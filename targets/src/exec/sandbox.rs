@@ -10,6 +10,17 @@
 //! | `RLIMIT_NOFILE` | 64 | enough for any filter program, not for fd exhaustion |
 //! | `RLIMIT_NPROC` | 512 | a fork bomb stops there; Linux counts every process of the user, and root is exempt |
 //!
+//! The child also dies with the server, however the server dies (SIGKILL, the OOM
+//! killer, a panic): it asks the kernel for SIGKILL when its parent goes
+//! (`PR_SET_PDEATHSIG`), then checks the parent is still the server, in case it went
+//! in between. Its own process group (so a kill reaches what it forks) takes it out of
+//! the server's group, so nothing else would. Two limits: the kernel sends the signal
+//! when the *thread* that forked exits, and children are started from the runtime's
+//! worker threads, which live as long as the runtime; and a grandchild does not
+//! inherit the request, so a program that forks (none of the default allow-list does)
+//! can leave its own children behind if the server is killed outright (a timeout, a
+//! disconnect or a shutdown kills the whole group).
+//!
 //! Everything here runs in the forked child before `execve`, so it only makes raw
 //! system calls: no allocation, no locks (the server is multi-threaded).
 
@@ -49,11 +60,20 @@ pub fn cpu_seconds(timeout: Duration) -> u64 {
 pub(crate) fn confine(cmd: &mut std::process::Command, limits: Limits, timeout: Duration) {
     use std::os::unix::process::CommandExt;
     let cpu = cpu_seconds(timeout);
+    // SAFETY: getpid has no preconditions.
+    let server = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec in the child; it calls only
-    // async-signal-safe system calls (setpriority, setrlimit) on values copied in
-    // beforehand, and builds its error with `last_os_error`, which does not allocate.
+    // async-signal-safe system calls (prctl, getppid, nice, setrlimit) on values copied
+    // in beforehand, and builds its error with `last_os_error`, which does not allocate.
     unsafe {
         cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The server died before the request took effect: we are an orphan now.
+            if libc::getppid() != server {
+                libc::_exit(127);
+            }
             // Raising one's own niceness cannot fail; -1 is also a valid new value,
             // so the result says nothing.
             libc::nice(limits.nice);
