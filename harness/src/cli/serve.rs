@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use chopstick_targets::server::{self, Common};
@@ -145,6 +146,13 @@ pub struct ExecArgs {
     /// Most stdout+stderr bytes returned per command.
     #[arg(long, value_parser = size_arg, default_value = "16MiB")]
     output_cap: usize,
+    /// Commands running at once, server-wide (default: twice the CPUs, at least 2).
+    #[arg(long)]
+    max_children: Option<usize>,
+    /// Requests waiting for a free child, server-wide; one more is refused as busy
+    /// (default: 4 per child). Waiting counts against the request's --timeout.
+    #[arg(long)]
+    max_waiting: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -178,11 +186,19 @@ impl EchoArgs {
 
 impl ExecArgs {
     fn config(&self, common: Common) -> Result<exec::Config> {
+        let max_children = self
+            .max_children
+            .unwrap_or_else(exec::slots::default_max_children);
+        let max_waiting = self
+            .max_waiting
+            .unwrap_or(max_children * exec::slots::DEFAULT_WAITING_PER_CHILD);
         Ok(exec::Config {
             common,
             allow: self.allow.clone(),
             timeout: secs(self.timeout, "timeout")?,
             output_cap: self.output_cap,
+            slots: Arc::new(exec::Slots::new(max_children, max_waiting)),
+            limits: exec::Limits::default(),
         })
     }
 }
