@@ -128,3 +128,55 @@ fn kill_9_of_serve_exec_leaves_no_child_alive() {
     });
     drop(conns);
 }
+
+/// The client side of the auth handshake; returns the verdict byte.
+fn handshake(s: &mut TcpStream, key: &[u8]) -> u8 {
+    use hmac::{Hmac, Mac};
+    let mut nonce = [0u8; 32];
+    s.read_exact(&mut nonce).unwrap();
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
+    mac.update(&nonce);
+    s.write_all(&mac.finalize().into_bytes()).unwrap();
+    let mut verdict = [0u8; 1];
+    s.read_exact(&mut verdict).unwrap();
+    verdict[0]
+}
+
+#[test]
+fn the_key_is_gone_from_the_environment_and_exec_children_cannot_read_it() {
+    const KEY: &str = "issue-13-secret-key-material";
+    let (server, addr) = serve(&["auth", "--inner", "exec"], &[("CHOPSTICK_KEY", KEY)]);
+    let pid = server.0.id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains(KEY),
+        "key readable in /proc/{pid}/environ"
+    );
+    // The key still works: it was moved, not lost.
+    let mut s = connect(addr);
+    assert_eq!(handshake(&mut s, KEY.as_bytes()), 1);
+    let path = format!("/proc/{pid}/environ");
+    for argv in [["head", "-c", "4096", &path], ["head", "-c", "60", "/etc/shadow"]] {
+        s.write_all(&exec_request(&argv)).unwrap();
+        let (reply, body) = read_hjson(&mut s);
+        assert!(
+            !String::from_utf8_lossy(&body).contains(KEY),
+            "{argv:?}: {reply}"
+        );
+        assert_eq!(reply["stdout"], 0, "{argv:?} read something: {reply}");
+    }
+}
+
+#[test]
+fn proxy_refuses_a_non_loopback_listen_without_allow_remote() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+        .args(["proxy", "--listen", "0.0.0.0:0", "--upstream", "127.0.0.1:9"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}

@@ -66,6 +66,9 @@ fn secs(s: f64, what: &str) -> Result<Duration> {
 }
 
 pub fn main() -> ExitCode {
+    // SAFETY: the first thing the program does, before any thread is started (the
+    // runtime and tracing come later), as `take_env_key` requires.
+    unsafe { chopstick_targets::auth::take_env_key() };
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",

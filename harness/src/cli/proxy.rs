@@ -41,12 +41,25 @@ pub struct ProxyArgs {
     /// pauses let the kernel merge pieces again on loopback).
     #[arg(long, default_value_t = 1.0)]
     min_pause_ms: f64,
+    /// Allow a non-loopback --listen. The proxy authenticates nobody: whoever reaches
+    /// it reaches the upstream (an exec or file server trusts loopback only), so
+    /// exposing it must be a deliberate choice.
+    #[arg(long)]
+    allow_remote: bool,
 }
 
 pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     if !args.upstream.ip().is_loopback() {
         bail!(
             "--upstream {} is not loopback; chopstick only sends traffic to this machine",
+            args.upstream
+        );
+    }
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        bail!(
+            "--listen {} is not loopback and the proxy authenticates nobody: anyone who \
+             reaches it reaches {}; pass --allow-remote to expose it anyway",
+            args.listen,
             args.upstream
         );
     }

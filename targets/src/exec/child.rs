@@ -170,7 +170,16 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
         // Backstop: kills the leader if the Child is dropped un-reaped; tokio then
         // reaps it in the background.
         .kill_on_drop(true);
-    sandbox::confine(cmd.as_std_mut(), spec.limits, spec.timeout);
+    // Removed (with anything the child left in it) when this function returns, after
+    // the reap.
+    let cell = match sandbox::Cell::new() {
+        Ok(cell) => cell,
+        Err(e) => {
+            outcome.spawn_error = Some(e);
+            return outcome;
+        }
+    };
+    sandbox::confine(cmd.as_std_mut(), spec.limits, spec.timeout, &cell);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
