@@ -22,18 +22,29 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::activity::{Activity, Busy, Tracked};
 use crate::wire::WireError;
 
 /// How long connections get to wind down after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Default idle timeout: no byte moved either way for this long closes a connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default frame deadline: a request frame, once started, must arrive whole within
+/// this (an 8 MiB frame at 70 KiB/s or faster).
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Options every server takes (DESIGN.md, "Reference servers").
 #[derive(Debug, Clone)]
 pub struct Common {
     /// Connections served at once; further clients wait in the listen queue.
     pub max_conns: usize,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection on which no byte moves, either way, for this long is closed
+    /// (see [`crate::activity`]).
     pub idle_timeout: Duration,
+    /// Once a request frame's first byte has arrived, the rest must arrive within
+    /// this: the slow-sender defence (see [`crate::activity`]).
+    pub frame_timeout: Duration,
     /// Largest frame payload accepted, if lower than the framing's own `max`.
     pub max_frame: Option<usize>,
     /// TCP keepalive idle time, to notice peers that vanished without a FIN.
@@ -46,7 +57,8 @@ impl Default for Common {
     fn default() -> Self {
         Common {
             max_conns: 1024,
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
             max_frame: None,
             keepalive: None,
             counters: Arc::default(),
@@ -79,8 +91,10 @@ pub enum ConnError {
     Wire(#[from] WireError),
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
-    #[error("idle for longer than {0:?}")]
+    #[error("no byte moved either way for {0:?}")]
     IdleTimeout(Duration),
+    #[error("a request frame took longer than {0:?} to arrive")]
+    FrameTimeout(Duration),
     #[error("no handshake reply within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("authentication failed")]
@@ -98,6 +112,7 @@ impl ConnError {
             ConnError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => "broken_pipe",
             ConnError::Io(_) => "io",
             ConnError::IdleTimeout(_) => "idle_timeout",
+            ConnError::FrameTimeout(_) => "frame_timeout",
             ConnError::HandshakeTimeout(_) => "handshake_timeout",
             ConnError::AuthRejected => "auth_rejected",
             ConnError::Protocol(_) => "protocol",
@@ -246,36 +261,56 @@ pub fn require_loopback(listener: &TcpListener, server: &'static str) -> Result<
     }
 }
 
-/// Reads the next frame, giving up after `idle`. `Ok(None)` = the peer closed cleanly
-/// at a frame boundary; EOF inside a frame is an error from the codec.
-pub async fn next_frame<S, T>(frames: &mut S, idle: Duration) -> Result<Option<T>, ConnError>
+/// Reads the next frame. `Ok(None)` = the peer closed cleanly at a frame boundary;
+/// EOF inside a frame is an error from the codec. Silence is not bounded here (that
+/// is [`until_idle`]'s job); once bytes of the frame arrive, the whole frame must
+/// arrive within `frame_timeout`.
+pub async fn next_frame<S, T>(
+    frames: &mut S,
+    activity: &Activity,
+    frame_timeout: Duration,
+) -> Result<Option<T>, ConnError>
 where
     S: Stream<Item = Result<T, WireError>> + Unpin,
 {
-    match tokio::time::timeout(idle, frames.next()).await {
-        Err(_) => Err(ConnError::IdleTimeout(idle)),
-        Ok(None) => Ok(None),
-        Ok(Some(frame)) => Ok(Some(frame?)),
-    }
+    let seen = activity.bytes_in();
+    let next = frames.next();
+    tokio::pin!(next);
+    // Until a new byte arrives the peer is merely silent (or the frame is already
+    // buffered, pipelined); from then on the deadline runs.
+    let frame = tokio::select! {
+        frame = &mut next => frame,
+        _ = activity.read_beyond(seen) => {
+            tokio::time::timeout(frame_timeout, &mut next)
+                .await
+                .map_err(|_| ConnError::FrameTimeout(frame_timeout))?
+        }
+    };
+    Ok(frame.transpose()?)
 }
 
 /// Sends one reply frame and flushes it, so a pipelining client is never left waiting.
-/// A peer that reads nothing for `idle` (its window stays full) is dropped like a
-/// silent one, so it cannot hold a connection slot forever.
-pub async fn send_frame<S, T>(
-    frames: &mut S,
-    item: T,
-    counters: &Counters,
-    idle: Duration,
-) -> Result<(), ConnError>
+/// A peer that stops reading is caught by [`until_idle`] (no byte moves).
+pub async fn send_frame<S, T>(frames: &mut S, item: T, counters: &Counters) -> Result<(), ConnError>
 where
     S: Sink<T, Error = WireError> + Unpin,
 {
-    tokio::time::timeout(idle, frames.send(item))
-        .await
-        .map_err(|_| ConnError::IdleTimeout(idle))??;
+    frames.send(item).await?;
     counters.frame_out();
     Ok(())
+}
+
+/// Runs one connection's protocol, ending it with [`ConnError::IdleTimeout`] once no
+/// byte has moved either way for `idle` (see [`crate::activity`]).
+pub async fn until_idle(
+    activity: &Activity,
+    idle: Duration,
+    conn: impl Future<Output = Result<(), ConnError>>,
+) -> Result<(), ConnError> {
+    tokio::select! {
+        result = conn => result,
+        _ = activity.idle(idle) => Err(ConnError::IdleTimeout(idle)),
+    }
 }
 
 /// The accept loop shared by every server.

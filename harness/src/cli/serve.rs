@@ -100,9 +100,13 @@ pub struct CommonArgs {
     /// Connections served at once; more wait in the listen queue.
     #[arg(long, default_value_t = 1024)]
     max_conns: usize,
-    /// Seconds of silence before a connection is closed.
+    /// Seconds without a byte moving either way before a connection is closed.
     #[arg(long, default_value_t = 30.0)]
     idle_timeout: f64,
+    /// Seconds a request frame may take to arrive once its first byte has (the
+    /// slow-sender defence: 120 s lets an 8 MiB frame through at 70 KiB/s).
+    #[arg(long, default_value_t = 120.0)]
+    frame_timeout: f64,
     /// Largest frame payload (e.g. 65536, 64KiB, 8MiB); lowers the framing's max.
     #[arg(long, value_parser = size_arg)]
     max_frame: Option<usize>,
@@ -167,6 +171,7 @@ impl CommonArgs {
         Ok(Common {
             max_conns: self.max_conns,
             idle_timeout: secs(self.idle_timeout, "idle-timeout")?,
+            frame_timeout: secs(self.frame_timeout, "frame-timeout")?,
             max_frame: self.max_frame,
             keepalive: self.keepalive.map(|k| secs(k, "keepalive")).transpose()?,
             ..Common::default()

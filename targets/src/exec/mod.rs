@@ -41,13 +41,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::server::{self, Common, ConnError, Counters, ServerError};
+use crate::server::{self, Busy, Common, ConnError, ServerError, Tracked};
 use crate::wire::{HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
 
 pub use child::FIXED_PATH;
@@ -141,7 +140,8 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         .max_frame
         .map_or(config.output_cap, |m| m.min(config.output_cap));
     let counters = &*config.common.counters;
-    let idle = config.common.idle_timeout;
+    let common = &config.common;
+    let (stream, activity) = Tracked::new(stream);
     let (rd, wr) = tokio::io::split(stream);
     let mut requests = FramedRead::new(rd, HjsonCodec::new(request_max));
     let mut replies = FramedWrite::new(wr, HjsonCodec::new(output_cap));
@@ -149,83 +149,81 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let mut queue: VecDeque<HjsonFrame> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut running: Option<child::Job> = None;
+    // Held while a command runs: a client silently waiting for it is not idle (the
+    // command's own deadline bounds that wait).
+    let mut working: Option<Busy> = None;
     // A corrupt frame seen behind earlier requests: answer those, then close.
     let mut corrupt: Option<ConnError> = None;
     // The peer sent FIN at a frame boundary: answer what was asked, then close.
     let mut finished = false;
 
-    loop {
-        if running.is_none() {
-            match queue.pop_front() {
-                Some(request) => {
-                    queued_bytes -= request.body.len();
-                    match parse_request(&request, config, output_cap).and_then(|spec| {
-                        let ticket = config.slots.enter().ok_or_else(|| busy(&config.slots))?;
-                        Ok(child::spawn(spec, ticket))
-                    }) {
-                        Ok(job) => running = Some(job),
-                        Err(refusal) => {
-                            send(&mut replies, refusal.reply(), counters, idle).await?;
+    server::until_idle(&activity, common.idle_timeout, async {
+        loop {
+            if running.is_none() {
+                match queue.pop_front() {
+                    Some(request) => {
+                        queued_bytes -= request.body.len();
+                        match parse_request(&request, config, output_cap).and_then(|spec| {
+                            let ticket =
+                                config.slots.enter().ok_or_else(|| busy(&config.slots))?;
+                            Ok(child::spawn(spec, ticket))
+                        }) {
+                            Ok(job) => {
+                                running = Some(job);
+                                working = Some(activity.busy());
+                            }
+                            Err(refusal) => {
+                                server::send_frame(&mut replies, refusal.reply(), counters)
+                                    .await?;
+                            }
+                        }
+                        continue;
+                    }
+                    None => {
+                        if let Some(e) = corrupt.take() {
+                            return Err(e);
+                        }
+                        if finished {
+                            return Ok(());
                         }
                     }
-                    continue;
-                }
-                None => {
-                    if let Some(e) = corrupt.take() {
-                        return Err(e);
-                    }
-                    if finished {
-                        return Ok(());
-                    }
                 }
             }
-        }
-        let busy = running.is_some();
-        let can_read = !finished
-            && corrupt.is_none()
-            && queue.len() < MAX_QUEUED
-            && queued_bytes < MAX_QUEUED_BYTES;
-        tokio::select! {
-            next = read_request(&mut requests, busy, idle), if can_read => match next {
-                Ok(Some(frame)) => {
-                    counters.frame_in();
-                    queued_bytes += frame.body.len();
-                    queue.push_back(frame);
+            let busy = running.is_some();
+            let can_read = !finished
+                && corrupt.is_none()
+                && queue.len() < MAX_QUEUED
+                && queued_bytes < MAX_QUEUED_BYTES;
+            tokio::select! {
+                next = server::next_frame(&mut requests, &activity, common.frame_timeout), if can_read => match next {
+                    Ok(Some(frame)) => {
+                        counters.frame_in();
+                        queued_bytes += frame.body.len();
+                        queue.push_back(frame);
+                    }
+                    // FIN at a frame boundary: no more requests, but the ones received
+                    // (running or queued) are still answered.
+                    Ok(None) => finished = true,
+                    // A reset or an EOF inside a frame: the client is gone.
+                    Err(e @ (ConnError::Wire(WireError::Io(_) | WireError::Truncated { .. }) | ConnError::Io(_))) => {
+                        return Err(abandon(running.take(), e).await);
+                    }
+                    // Bad header, oversize frame, a frame too slow: no more requests
+                    // from this stream, but the ones already received are answered.
+                    Err(e) => corrupt = Some(e),
+                },
+                outcome = wait_job(&mut running), if busy => {
+                    running = None;
+                    working = None;
+                    server::send_frame(&mut replies, outcome, counters).await?;
                 }
-                // FIN at a frame boundary: no more requests, but the ones received
-                // (running or queued) are still answered.
-                Ok(None) => finished = true,
-                // A reset or an EOF inside a frame: the client is gone too.
-                Err(e @ (ConnError::Wire(WireError::Io(_) | WireError::Truncated { .. }) | ConnError::Io(_))) => {
-                    return Err(abandon(running, e).await);
-                }
-                // Bad header, oversize frame, idle: no more requests from this stream,
-                // but the ones already received are answered first.
-                Err(e) => corrupt = Some(e),
-            },
-            outcome = wait_job(&mut running), if busy => {
-                running = None;
-                send(&mut replies, outcome, counters, idle).await?;
+                // Unreachable (a stream that cannot be read has a job or a queue), but
+                // select! would panic without it.
+                else => return Err(ConnError::Protocol("exec connection stalled".into())),
             }
-            // Unreachable (idle implies readable), but select! would panic without it.
-            else => return Err(ConnError::Protocol("exec connection stalled".into())),
         }
-    }
-}
-
-/// Reads one request: with the idle timeout when nothing runs; without it while a
-/// command runs (the command's own deadline bounds that wait, and a client may well be
-/// silent while it waits for a long command).
-async fn read_request<S: AsyncRead + Unpin>(
-    requests: &mut FramedRead<S, HjsonCodec>,
-    busy: bool,
-    idle: Duration,
-) -> Result<Option<HjsonFrame>, ConnError> {
-    if busy {
-        Ok(requests.next().await.transpose()?)
-    } else {
-        server::next_frame(requests, idle).await
-    }
+    })
+    .await
 }
 
 async fn wait_job(running: &mut Option<child::Job>) -> HjsonFrame {
@@ -248,17 +246,6 @@ async fn abandon(running: Option<child::Job>, error: ConnError) -> ConnError {
         let _ = tokio::time::timeout(Duration::from_secs(10), job.cancel()).await;
     }
     error
-}
-
-/// Sends a reply; a client that does not read its replies for `idle` is dropped, so it
-/// cannot hold a connection slot forever.
-async fn send<S: AsyncWrite + Unpin>(
-    replies: &mut FramedWrite<S, HjsonCodec>,
-    reply: HjsonFrame,
-    counters: &Counters,
-    idle: Duration,
-) -> Result<(), ConnError> {
-    server::send_frame(replies, reply, counters, idle).await
 }
 
 /// Why a request is refused; the text goes to the client in `error`.

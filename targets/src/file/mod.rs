@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
-use crate::server::{self, Common, ConnError, ServerError};
+use crate::server::{self, Common, ConnError, ServerError, Tracked};
 use crate::wire::{Framing, HjsonCodec, HjsonFrame, DEFAULT_MAX, MAX_HEADER};
 
 pub use names::{validate, NameError, ValidName};
@@ -124,19 +124,29 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), ConnError> {
     let max = config.max_body();
     let counters = &config.common.counters;
+    let common = &config.common;
+    let (stream, activity) = Tracked::new(stream);
     let mut frames = Framed::new(stream, HjsonCodec::new(max));
-    while let Some(frame) = server::next_frame(&mut frames, config.common.idle_timeout).await? {
-        counters.frame_in();
-        let reply = match handle(frame, config.root.clone(), max).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                tracing::debug!("file request refused: {e}");
-                error_reply(&e.to_string())
-            }
-        };
-        server::send_frame(&mut frames, reply, counters, config.common.idle_timeout).await?;
-    }
-    Ok(())
+    server::until_idle(&activity, common.idle_timeout, async {
+        while let Some(frame) =
+            server::next_frame(&mut frames, &activity, common.frame_timeout).await?
+        {
+            counters.frame_in();
+            // A put's fsync may take a while on a busy disk: that is not the peer idling.
+            let busy = activity.busy();
+            let reply = match handle(frame, config.root.clone(), max).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    tracing::debug!("file request refused: {e}");
+                    error_reply(&e.to_string())
+                }
+            };
+            drop(busy);
+            server::send_frame(&mut frames, reply, counters).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Why a well-framed request was refused; becomes the reply's `error`.
