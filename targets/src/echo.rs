@@ -71,7 +71,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let mut frames = Framed::new(stream, framing.codec());
     server::until_idle(&activity, common.idle_timeout, async {
         while let Some(payload) =
-            server::next_frame(&mut frames, &activity, common.frame_timeout).await?
+            server::next_frame(&mut frames, &activity, common).await?
         {
             counters.frame_in();
             server::send_frame(&mut frames, config.transform.apply(payload), counters).await?;

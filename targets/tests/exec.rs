@@ -350,6 +350,8 @@ async fn client_gone_after_fin_costs_at_most_the_deadline() {
 async fn server_shutdown_kills_and_reaps_running_child() {
     let mut config = allowing(&["sleep"]);
     config.timeout = Duration::from_secs(60);
+    // Beyond the grace, in-flight commands are cut.
+    config.common.shutdown_grace = Duration::from_millis(300);
     let (server, _) = start(config);
     let argv = ["sleep", "47.33"];
     let mut s = common::connect(server.addr).await;

@@ -116,6 +116,10 @@ pub struct CommonArgs {
     /// TCP keepalive idle seconds, to notice peers that vanished.
     #[arg(long)]
     keepalive: Option<f64>,
+    /// Seconds requests in flight get to finish after SIGTERM/SIGINT (new connections
+    /// are refused and idle ones closed at once).
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_grace: f64,
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +178,7 @@ impl CommonArgs {
             frame_timeout: secs(self.frame_timeout, "frame-timeout")?,
             max_frame: self.max_frame,
             keepalive: self.keepalive.map(|k| secs(k, "keepalive")).transpose()?,
+            shutdown_grace: secs(self.shutdown_grace, "shutdown-grace")?,
             ..Common::default()
         })
     }

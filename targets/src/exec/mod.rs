@@ -195,7 +195,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 && queue.len() < MAX_QUEUED
                 && queued_bytes < MAX_QUEUED_BYTES;
             tokio::select! {
-                next = server::next_frame(&mut requests, &activity, common.frame_timeout), if can_read => match next {
+                next = server::next_frame(&mut requests, &activity, common), if can_read => match next {
                     Ok(Some(frame)) => {
                         counters.frame_in();
                         queued_bytes += frame.body.len();

@@ -129,7 +129,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let mut frames = Framed::new(stream, HjsonCodec::new(max));
     server::until_idle(&activity, common.idle_timeout, async {
         while let Some(frame) =
-            server::next_frame(&mut frames, &activity, common.frame_timeout).await?
+            server::next_frame(&mut frames, &activity, common).await?
         {
             counters.frame_in();
             // A put's fsync may take a while on a busy disk: that is not the peer idling.
