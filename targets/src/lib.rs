@@ -2,6 +2,7 @@
 //!
 //! - [`wire`]: framing specs (`u32be`, `i32le`, `line`, `hjson`, ...) and their codecs.
 //! - [`activity`]: when bytes last moved on a connection (idle timeout, slow senders).
+//! - [`memory`]: the server-wide memory budget (`--max-memory`).
 //! - [`server`]: what every reference server shares: listener setup, connection limit,
 //!   idle timeout, counters, graceful shutdown.
 //! - [`echo`], [`exec`], [`file`](mod@file), [`auth`]: the reference servers, each a
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod echo;
 pub mod exec;
 pub mod file;
+pub mod memory;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod server;

@@ -23,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::activity::{Activity, Busy, Tracked};
+use crate::memory::Memory;
 use crate::wire::WireError;
 
 /// Default time in-flight requests get to finish after shutdown is requested: exec's
@@ -60,6 +61,8 @@ pub struct Common {
     pub draining: CancellationToken,
     /// Shared with whoever wants to read the server's counters; clone it before `run`.
     pub counters: Arc<Counters>,
+    /// What all connections together may buffer (see [`crate::memory`]).
+    pub memory: Arc<Memory>,
 }
 
 impl Default for Common {
@@ -73,6 +76,7 @@ impl Default for Common {
             shutdown_grace: SHUTDOWN_GRACE,
             draining: CancellationToken::new(),
             counters: Arc::default(),
+            memory: Arc::default(),
         }
     }
 }
@@ -118,6 +122,9 @@ impl ConnError {
     /// A short, stable label for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            ConnError::Wire(WireError::Io(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                "memory"
+            }
             ConnError::Wire(e) => e.kind(),
             ConnError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset",
             ConnError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => "broken_pipe",

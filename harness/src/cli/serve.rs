@@ -110,6 +110,10 @@ pub struct CommonArgs {
     /// Largest frame payload (e.g. 65536, 64KiB, 8MiB); lowers the framing's max.
     #[arg(long, value_parser = size_arg)]
     max_frame: Option<usize>,
+    /// What all connections together may buffer: requests being received, queued
+    /// exec stdin, exec output and file bodies until written (e.g. 512MiB, 2GiB).
+    #[arg(long, value_parser = size_arg, default_value = "1GiB")]
+    max_memory: usize,
     /// Length of the kernel's listen queue.
     #[arg(long, default_value_t = 1024)]
     backlog: u32,
@@ -179,6 +183,7 @@ impl CommonArgs {
             max_frame: self.max_frame,
             keepalive: self.keepalive.map(|k| secs(k, "keepalive")).transpose()?,
             shutdown_grace: secs(self.shutdown_grace, "shutdown-grace")?,
+            memory: Arc::new(chopstick_targets::memory::Memory::new(self.max_memory)),
             ..Common::default()
         })
     }

@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use super::sandbox::{self, Limits};
 use super::slots::Ticket;
+use crate::memory::{Memory, Reservation};
 
 /// The only PATH a child sees, and the only places a program is looked up in.
 pub const FIXED_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -43,6 +45,8 @@ pub struct Spec {
     pub timeout: Duration,
     pub output_cap: usize,
     pub limits: Limits,
+    /// Output is reserved here as it arrives (see [`crate::memory`]).
+    pub memory: Arc<Memory>,
 }
 
 /// What happened to one command.
@@ -58,6 +62,9 @@ pub struct Outcome {
     pub spawn_error: Option<io::Error>,
     /// No child slot came free before the deadline: the program never ran.
     pub busy: bool,
+    /// The memory `stdout` and `stderr` hold (twice their length: the reply body and
+    /// its encoded copy), until the reply is written.
+    pub held: Option<Reservation>,
 }
 
 impl Outcome {
@@ -191,8 +198,9 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
         pgid: child.id().and_then(|id| i32::try_from(id).ok()),
     };
 
+    let mut held = spec.memory.empty();
     let end = {
-        let io = pump(&mut child, spec.stdin, spec.output_cap, &mut outcome);
+        let io = pump(&mut child, spec.stdin, spec.output_cap, &mut outcome, &mut held);
         tokio::select! {
             biased;
             _ = &mut abort => End::Aborted,
@@ -203,6 +211,7 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
             },
         }
     };
+    outcome.held = Some(held);
     let end = match end {
         // The pipes closed; the child is exiting or already gone. Wait for it within
         // what is left of the deadline.
@@ -243,7 +252,13 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
 /// block the other (a large `cat` fills both pipes at once). Returns `true` if the
 /// output went beyond `cap` (only `cap` bytes are kept), `false` once both pipes are at
 /// EOF. Stdin is closed when written, or when this returns.
-async fn pump(child: &mut Child, stdin: Bytes, cap: usize, outcome: &mut Outcome) -> bool {
+async fn pump(
+    child: &mut Child,
+    stdin: Bytes,
+    cap: usize,
+    outcome: &mut Outcome,
+    held: &mut Reservation,
+) -> bool {
     let feed = {
         let pipe = child.stdin.take();
         async move {
@@ -263,6 +278,7 @@ async fn pump(child: &mut Child, stdin: Bytes, cap: usize, outcome: &mut Outcome
         cap,
         &mut outcome.stdout,
         &mut outcome.stderr,
+        held,
     );
     tokio::pin!(feed, collect);
     let mut fed = false;
@@ -281,6 +297,7 @@ async fn collect(
     cap: usize,
     out: &mut Vec<u8>,
     err: &mut Vec<u8>,
+    held: &mut Reservation,
 ) -> bool {
     let mut buf_out = vec![0u8; READ_CHUNK];
     let mut buf_err = vec![0u8; READ_CHUNK];
@@ -297,6 +314,9 @@ async fn collect(
             else => return false,
         };
         let room = cap.saturating_sub(out.len() + err.len());
+        // Backpressure: until the budget has room the pipes are not read, so the child
+        // blocks; its deadline bounds the wait.
+        held.grow(2 * n.min(room)).await;
         let (into, src) = if is_stdout {
             (&mut *out, &buf_out)
         } else {

@@ -46,6 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::memory::{Budgeted, Reservation};
 use crate::server::{self, Busy, Common, ConnError, ServerError, Tracked};
 use crate::wire::{HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
 
@@ -143,10 +144,11 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let common = &config.common;
     let (stream, activity) = Tracked::new(stream);
     let (rd, wr) = tokio::io::split(stream);
-    let mut requests = FramedRead::new(rd, HjsonCodec::new(request_max));
+    let mut requests = FramedRead::new(rd, Budgeted::new(HjsonCodec::new(request_max), &common.memory));
     let mut replies = FramedWrite::new(wr, HjsonCodec::new(output_cap));
 
-    let mut queue: VecDeque<HjsonFrame> = VecDeque::new();
+    // Each with its stdin's reservation; `None` = refused for want of memory.
+    let mut queue: VecDeque<(HjsonFrame, Option<Reservation>)> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut running: Option<child::Job> = None;
     // Held while a command runs: a client silently waiting for it is not idle (the
@@ -161,9 +163,20 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             if running.is_none() {
                 match queue.pop_front() {
-                    Some(request) => {
+                    Some((request, held)) => {
                         queued_bytes -= request.body.len();
-                        match parse_request(&request, config, output_cap).and_then(|spec| {
+                        let admitted = match held {
+                            Some(held) => Ok(held),
+                            None => Err(Refusal(
+                                "server memory budget exhausted; try again later".into(),
+                            )),
+                        };
+                        match admitted.and_then(|held| {
+                            // The stdin now belongs to the command (its own copy in
+                            // the spec); the output is reserved as it comes.
+                            drop(held);
+                            parse_request(&request, config, output_cap)
+                        }).and_then(|spec| {
                             let ticket =
                                 config.slots.enter().ok_or_else(|| busy(&config.slots))?;
                             Ok(child::spawn(spec, ticket))
@@ -196,10 +209,14 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 && queued_bytes < MAX_QUEUED_BYTES;
             tokio::select! {
                 next = server::next_frame(&mut requests, &activity, common), if can_read => match next {
-                    Ok(Some(frame)) => {
+                    Ok(Some(mut frame)) => {
                         counters.frame_in();
+                        let held = common.memory.try_reserve(frame.body.len());
+                        if held.is_none() {
+                            frame.body = Bytes::new();
+                        }
                         queued_bytes += frame.body.len();
-                        queue.push_back(frame);
+                        queue.push_back((frame, held));
                     }
                     // FIN at a frame boundary: no more requests, but the ones received
                     // (running or queued) are still answered.
@@ -212,10 +229,11 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     // from this stream, but the ones already received are answered.
                     Err(e) => corrupt = Some(e),
                 },
-                outcome = wait_job(&mut running), if busy => {
+                (reply, held) = wait_job(&mut running), if busy => {
                     running = None;
                     working = None;
-                    server::send_frame(&mut replies, outcome, counters).await?;
+                    server::send_frame(&mut replies, reply, counters).await?;
+                    drop(held);
                 }
                 // Unreachable (a stream that cannot be read has a job or a queue), but
                 // select! would panic without it.
@@ -226,15 +244,22 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     .await
 }
 
-async fn wait_job(running: &mut Option<child::Job>) -> HjsonFrame {
+/// The reply of the running job, with the memory its output holds until written.
+async fn wait_job(running: &mut Option<child::Job>) -> (HjsonFrame, Option<Reservation>) {
     let Some(job) = running else {
         return std::future::pending().await;
     };
     match (&mut job.done).await {
-        Ok(outcome) => outcome_reply(outcome),
+        Ok(mut outcome) => {
+            let held = outcome.held.take();
+            (outcome_reply(outcome), held)
+        }
         // The job task panicked or was cancelled: say so instead of taking the
         // connection down.
-        Err(e) => Refusal(format!("internal error running the command: {e}")).reply(),
+        Err(e) => (
+            Refusal(format!("internal error running the command: {e}")).reply(),
+            None,
+        ),
     }
 }
 
@@ -302,6 +327,7 @@ pub(crate) fn parse_request(
         timeout: config.timeout,
         output_cap,
         limits: config.limits,
+        memory: config.common.memory.clone(),
     })
 }
 

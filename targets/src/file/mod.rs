@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
+use crate::memory::Budgeted;
 use crate::server::{self, Common, ConnError, ServerError, Tracked};
 use crate::wire::{Framing, HjsonCodec, HjsonFrame, DEFAULT_MAX, MAX_HEADER};
 
@@ -126,7 +127,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let counters = &config.common.counters;
     let common = &config.common;
     let (stream, activity) = Tracked::new(stream);
-    let mut frames = Framed::new(stream, HjsonCodec::new(max));
+    let mut frames = Framed::new(stream, Budgeted::new(HjsonCodec::new(max), &common.memory));
     server::until_idle(&activity, common.idle_timeout, async {
         while let Some(frame) =
             server::next_frame(&mut frames, &activity, common).await?
@@ -142,6 +143,11 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
             drop(busy);
+            // A body and its encoded copy, until written.
+            let (reply, _held) = match common.memory.try_reserve(2 * reply.body.len()) {
+                Some(held) => (reply, Some(held)),
+                None => (error_reply("server memory budget exhausted; try again later"), None),
+            };
             server::send_frame(&mut frames, reply, counters).await?;
         }
         Ok(())
