@@ -155,3 +155,93 @@ async fn cpu_bound_requests_beyond_the_slots_all_end_by_their_deadline() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// The issue's acceptance figures, for RELIABILITY.md (not run in CI: it loads the
+/// machine for ~15 s). `cargo test -p chopstick-targets --test exec_load -- --ignored
+/// --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement for RELIABILITY.md"]
+async fn measure_300_cpu_bound_requests_and_128_non_reading_clients() {
+    let config = Config::default();
+    let slots = config.slots.clone();
+    let timeout = config.timeout;
+    let (server, _) = start(config);
+    let argv = ["wc", "-c", "/dev/zero"];
+    let t0 = tokio::time::Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let mut s = common::connect(server.addr).await;
+        s.write_all(&request(&argv, b"")).await.unwrap();
+        clients.push(tokio::spawn(async move {
+            let r = common::read_frames(&mut s, chopstick_targets::wire::HjsonCodec::new(1 << 26), 1).await;
+            (r[0].header.get("error").is_some(), tokio::time::Instant::now())
+        }));
+    }
+    let sent = t0.elapsed();
+    wait_slots(&slots, |n| n.running == n.max_children).await;
+    let probe = tokio::time::Instant::now();
+    let mut s = common::connect(server.addr).await;
+    let reply = roundtrip(&mut s, &["echo", "hi"], b"").await;
+    let echo_took = probe.elapsed();
+    let echo_ran = reply.header.get("error").is_none();
+    let mut busy = 0;
+    let mut last = t0;
+    for c in clients {
+        let (refused, at) = c.await.unwrap();
+        busy += refused as usize;
+        last = last.max(at);
+    }
+    let mut gone = t0.elapsed();
+    while count_procs(&argv) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gone = t0.elapsed();
+    }
+    println!(
+        "300 x wc -c /dev/zero (max_children {}, timeout {timeout:?}): sent in {sent:?}; \
+         fresh echo hi answered in {echo_took:?} (ran: {echo_ran}); {busy} refused busy; \
+         last reply at {:?}; every child gone at {gone:?}",
+        slots.snapshot().max_children,
+        last - t0
+    );
+    drop(server);
+
+    let mut config = Config::default();
+    config.common.idle_timeout = Duration::from_secs(5);
+    let memory = config.common.memory.clone();
+    let base = rss_mib();
+    let (server, counters) = start(config);
+    let mut held = Vec::new();
+    for _ in 0..128 {
+        let mut s = common::connect(server.addr).await;
+        s.write_all(&request(&["head", "-c", "16777216", "/dev/zero"], b""))
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let mut peak_rss = 0f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while counters.snapshot().active > 0 && tokio::time::Instant::now() < deadline {
+        peak_rss = peak_rss.max(rss_mib());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = memory.snapshot();
+    println!(
+        "128 non-reading clients x 16 MiB output: budget {} MiB, accounted peak {:.1} MiB, \
+         RSS {base:.1} MiB before, peak {peak_rss:.1} MiB (+{:.1} MiB); {} refusals",
+        m.max >> 20,
+        m.peak as f64 / (1 << 20) as f64,
+        peak_rss - base,
+        m.refused
+    );
+}
