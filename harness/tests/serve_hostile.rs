@@ -88,14 +88,20 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 /// Live (not zombie) processes whose command line is exactly `argv`.
 fn live_procs(argv: &[&str]) -> Vec<u32> {
-    let want: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).ok().as_deref() == Some(&want[..])
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .as_deref()
+                == Some(&want[..])
                 && stat_fields(*pid).is_some_and(|f| f[0] != "Z")
         })
         .collect()
@@ -156,7 +162,10 @@ fn the_key_is_gone_from_the_environment_and_exec_children_cannot_read_it() {
     let mut s = connect(addr);
     assert_eq!(handshake(&mut s, KEY.as_bytes()), 1);
     let path = format!("/proc/{pid}/environ");
-    for argv in [["head", "-c", "4096", &path], ["head", "-c", "60", "/etc/shadow"]] {
+    for argv in [
+        ["head", "-c", "4096", &path],
+        ["head", "-c", "60", "/etc/shadow"],
+    ] {
         s.write_all(&exec_request(&argv)).unwrap();
         let (reply, body) = read_hjson(&mut s);
         assert!(
@@ -170,7 +179,13 @@ fn the_key_is_gone_from_the_environment_and_exec_children_cannot_read_it() {
 #[test]
 fn proxy_refuses_a_non_loopback_listen_without_allow_remote() {
     let out = Command::new(env!("CARGO_BIN_EXE_chopstick"))
-        .args(["proxy", "--listen", "0.0.0.0:0", "--upstream", "127.0.0.1:9"])
+        .args([
+            "proxy",
+            "--listen",
+            "0.0.0.0:0",
+            "--upstream",
+            "127.0.0.1:9",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()

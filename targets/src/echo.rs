@@ -9,8 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
-use crate::server::{self, Common, ConnError, ServerError, Tracked};
 use crate::memory::Budgeted;
+use crate::server::{self, Common, ConnError, ServerError, Tracked};
 use crate::wire::Framing;
 
 /// What echo does to a payload before sending it back.
@@ -71,9 +71,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let (stream, activity) = Tracked::new(stream);
     let mut frames = Framed::new(stream, Budgeted::new(framing.codec(), &common.memory));
     server::until_idle(&activity, common.idle_timeout, async {
-        while let Some(payload) =
-            server::next_frame(&mut frames, &activity, common).await?
-        {
+        while let Some(payload) = server::next_frame(&mut frames, &activity, common).await? {
             counters.frame_in();
             // Held until the reply is written; waiting here stops reading (backpressure).
             let _held = common.memory.reserve(payload.len()).await;

@@ -14,9 +14,9 @@ pub mod auth;
 pub mod echo;
 pub mod exec;
 pub mod file;
-pub mod memory;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod memory;
 pub mod server;
 pub mod udp;
 pub mod wire;

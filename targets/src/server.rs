@@ -122,9 +122,7 @@ impl ConnError {
     /// A short, stable label for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            ConnError::Wire(WireError::Io(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
-                "memory"
-            }
+            ConnError::Wire(WireError::Io(e)) if e.kind() == io::ErrorKind::OutOfMemory => "memory",
             ConnError::Wire(e) => e.kind(),
             ConnError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset",
             ConnError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => "broken_pipe",

@@ -14,7 +14,6 @@ use tokio::io::AsyncWriteExt;
 use common::exec::*;
 use common::DEADLINE;
 
-
 #[tokio::test]
 async fn seq_1_3_prints_three_lines_and_exits_0() {
     let (server, _) = start(Config::default());
@@ -276,7 +275,6 @@ async fn output_exactly_at_cap_is_not_truncated() {
     assert_eq!(split_output(&reply).0, b"1\n2\n3\n");
 }
 
-
 #[tokio::test]
 async fn client_rst_mid_command_kills_and_reaps_child() {
     let mut config = allowing(&["sleep"]);
@@ -314,7 +312,12 @@ async fn half_close_after_pipelined_requests_still_gets_every_reply() {
     let (bytes, err) = common::read_to_end_or_error(&mut s).await;
     assert!(err.is_none(), "{err:?}");
     let replies = common::read_frames(&bytes[..], HjsonCodec::new(1 << 20), 4).await;
-    assert_eq!(replies[0].header["exit"], json!(0), "{:?}", replies[0].header);
+    assert_eq!(
+        replies[0].header["exit"],
+        json!(0),
+        "{:?}",
+        replies[0].header
+    );
     for (i, reply) in replies[1..].iter().enumerate() {
         assert_eq!(split_output(reply).0, format!("reply {i}\n").as_bytes());
     }

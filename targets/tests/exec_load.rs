@@ -41,7 +41,11 @@ async fn at_most_max_children_run_and_a_full_queue_is_refused_as_busy() {
     let reply = roundtrip(&mut refused, &argv, b"").await;
     assert_refused(&reply, "server busy");
     assert_eq!(slots.snapshot().refused, 1);
-    assert!(count_procs(&argv) <= 2, "{} children running", count_procs(&argv));
+    assert!(
+        count_procs(&argv) <= 2,
+        "{} children running",
+        count_procs(&argv)
+    );
 
     for s in conns.iter_mut().chain([&mut queued]) {
         let reply = read_replies(s, 1).await.pop().unwrap();
@@ -108,11 +112,16 @@ async fn children_run_at_lower_priority_with_resource_limits() {
     let mut s = common::connect(server.addr).await;
     s.write_all(&request(&argv, b"")).await.unwrap();
     let child = wait_for_proc(&argv).await;
-    let own_nice: i32 = stat_fields(std::process::id()).unwrap()[16].parse().unwrap();
+    let own_nice: i32 = stat_fields(std::process::id()).unwrap()[16]
+        .parse()
+        .unwrap();
     let nice: i32 = stat_fields(child.pid).unwrap()[16].parse().unwrap();
     assert_eq!(nice, (own_nice + 10).min(19), "child niceness");
     assert_eq!(limit(child.pid, "Max cpu time"), "5", "ceil(3.5 s) + 1");
-    assert_eq!(limit(child.pid, "Max address space"), (1u64 << 30).to_string());
+    assert_eq!(
+        limit(child.pid, "Max address space"),
+        (1u64 << 30).to_string()
+    );
     assert_eq!(limit(child.pid, "Max open files"), "64");
     assert_eq!(limit(child.pid, "Max processes"), "512");
     common::reset(s);
@@ -151,7 +160,10 @@ async fn cpu_bound_requests_beyond_the_slots_all_end_by_their_deadline() {
     assert_eq!(timed_out + busy, 8);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while count_procs(&argv) > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "children left running");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "children left running"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -184,8 +196,13 @@ async fn measure_300_cpu_bound_requests_and_128_non_reading_clients() {
         let mut s = common::connect(server.addr).await;
         s.write_all(&request(&argv, b"")).await.unwrap();
         clients.push(tokio::spawn(async move {
-            let r = common::read_frames(&mut s, chopstick_targets::wire::HjsonCodec::new(1 << 26), 1).await;
-            (r[0].header.get("error").is_some(), tokio::time::Instant::now())
+            let r =
+                common::read_frames(&mut s, chopstick_targets::wire::HjsonCodec::new(1 << 26), 1)
+                    .await;
+            (
+                r[0].header.get("error").is_some(),
+                tokio::time::Instant::now(),
+            )
         }));
     }
     let sent = t0.elapsed();

@@ -25,13 +25,20 @@ async fn each_child_runs_in_a_fresh_directory_of_its_own_removed_after_it() {
     assert_ne!(dirs[0], dirs[1], "two commands shared a directory");
     for dir in &dirs {
         assert!(
-            dir.file_name().unwrap().to_str().unwrap().starts_with("chopstick-exec-"),
+            dir.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("chopstick-exec-"),
             "{dir:?}"
         );
         assert_ne!(Some(dir.as_path()), std::env::current_dir().ok().as_deref());
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while dir.exists() {
-            assert!(tokio::time::Instant::now() < deadline, "{dir:?} left behind");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{dir:?} left behind"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -49,10 +56,19 @@ async fn a_child_reads_system_programs_and_devices_but_nothing_else() {
     let environ = format!("/proc/{}/environ", std::process::id());
     let (server, _) = start(Config::default());
     let mut s = common::connect(server.addr).await;
-    for path in ["/etc/shadow", secret.to_str().unwrap(), &environ, "/etc/passwd"] {
+    for path in [
+        "/etc/shadow",
+        secret.to_str().unwrap(),
+        &environ,
+        "/etc/passwd",
+    ] {
         let reply = roundtrip(&mut s, &["head", "-c", "60", path], b"").await;
         let (out, err) = split_output(&reply);
-        assert!(out.is_empty(), "{path}: read {:?}", String::from_utf8_lossy(out));
+        assert!(
+            out.is_empty(),
+            "{path}: read {:?}",
+            String::from_utf8_lossy(out)
+        );
         assert_ne!(reply.header["exit"], json!(0), "{path}");
         assert!(
             String::from_utf8_lossy(err).contains("Permission denied"),

@@ -47,7 +47,10 @@ async fn shutdown_answers_a_request_completed_after_it_and_closes_idle_connectio
     // The idle connection is closed without waiting for the grace...
     let (rest, _) = read_to_end_or_error(&mut idle).await;
     assert!(rest.is_empty());
-    assert!(!stopping.is_finished(), "shutdown did not wait for the request in flight");
+    assert!(
+        !stopping.is_finished(),
+        "shutdown did not wait for the request in flight"
+    );
     // ...and the request in flight completes and is answered.
     busy.write_all(&bytes[6..]).await.unwrap();
     let replies = read_frames(&mut busy, framing.codec(), 1).await;

@@ -74,5 +74,8 @@ async fn echo_requests_stalled_mid_body_cannot_buffer_beyond_the_budget() {
     let mut s = connect(server.addr).await;
     let (hello, _) = framing.encode_all(&[b"hello"]).unwrap();
     s.write_all(&hello).await.unwrap();
-    assert_eq!(&read_frames(&mut s, framing.codec(), 1).await[0][..], b"hello");
+    assert_eq!(
+        &read_frames(&mut s, framing.codec(), 1).await[0][..],
+        b"hello"
+    );
 }

@@ -14,8 +14,10 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn start(idle: Duration, frame: Duration) -> (Handle, std::sync::Arc<Counters>, Framing) {
-    let mut config = echo::Config::default();
-    config.framing = "u32be,max=32MiB".parse().unwrap();
+    let mut config = echo::Config {
+        framing: "u32be,max=32MiB".parse().unwrap(),
+        ..Default::default()
+    };
     config.common.idle_timeout = idle;
     config.common.frame_timeout = frame;
     let counters = config.common.counters.clone();
@@ -64,7 +66,12 @@ async fn a_large_reply_drained_for_longer_than_the_idle_timeout_arrives_whole() 
             .await
             .expect("reply stalled")
             .unwrap();
-        assert!(n > 0, "server closed after {} of {} bytes", got.len(), bytes.len());
+        assert!(
+            n > 0,
+            "server closed after {} of {} bytes",
+            got.len(),
+            bytes.len()
+        );
         got.extend_from_slice(&buf[..n]);
         tokio::time::sleep(Duration::from_micros(n as u64 * 1_000_000 / (6 << 20))).await;
     }

@@ -73,8 +73,9 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
         config.faults = args.faults.parse().context("--faults")?;
         config.seed = seed;
         config.direction = args.direction;
+        let shutdown = shutdown_signal();
         println!("listening on {}", socket.local_addr()?);
-        let stats = chopstick::udp::relay::run(socket, config, shutdown_signal()).await?;
+        let stats = chopstick::udp::relay::run(socket, config, shutdown).await?;
         eprintln!("{stats:?}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -90,7 +91,8 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     if args.faults.contains("coalesce") || args.faults.contains("mixed") {
         config.hold.frames = config.hold.frames.max(4);
     }
+    let shutdown = shutdown_signal();
     println!("listening on {}", listener.local_addr()?);
-    chopstick::proxy::run(listener, config, shutdown_signal()).await?;
+    chopstick::proxy::run(listener, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -305,13 +305,15 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
             })
         }
     };
+    // Signal handlers first, so a SIGTERM right after the announcement is graceful.
+    let shutdown = shutdown_signal();
     // Announce before serving: tests and `check --spawn` parse this line for the port.
     println!("listening on {addr}");
     let result = match ready {
-        Ready::Echo(config) => echo::run(listener, config, shutdown_signal()).await,
-        Ready::Exec(config) => exec::run(listener, config, shutdown_signal()).await,
-        Ready::File(config) => file::run(listener, config, shutdown_signal()).await,
-        Ready::Auth(config) => auth::run(listener, config, shutdown_signal()).await,
+        Ready::Echo(config) => echo::run(listener, config, shutdown).await,
+        Ready::Exec(config) => exec::run(listener, config, shutdown).await,
+        Ready::File(config) => file::run(listener, config, shutdown).await,
+        Ready::Auth(config) => auth::run(listener, config, shutdown).await,
     };
     result.context("server stopped")
 }
@@ -330,8 +332,9 @@ async fn serve_udp(
         max_datagram,
         ..chopstick_targets::udp::Config::default()
     };
+    let shutdown = shutdown_signal();
     println!("listening on {}", socket.local_addr()?);
-    chopstick_targets::udp::run(socket, config, shutdown_signal())
+    chopstick_targets::udp::run(socket, config, shutdown)
         .await
         .context("server stopped")
 }

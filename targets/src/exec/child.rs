@@ -200,7 +200,13 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
 
     let mut held = spec.memory.empty();
     let end = {
-        let io = pump(&mut child, spec.stdin, spec.output_cap, &mut outcome, &mut held);
+        let io = pump(
+            &mut child,
+            spec.stdin,
+            spec.output_cap,
+            &mut outcome,
+            &mut held,
+        );
         tokio::select! {
             biased;
             _ = &mut abort => End::Aborted,

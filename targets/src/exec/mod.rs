@@ -29,6 +29,21 @@
 //!
 //! Requests may be pipelined: they are answered in order, and up to [`MAX_QUEUED`]
 //! (and about [`MAX_QUEUED_BYTES`] of stdin) wait while a command runs.
+//!
+//! Under concurrency ([`slots`]): at most `max_children` commands run server-wide
+//! (default twice the CPUs), at most `max_waiting` more wait for one, in arrival
+//! order; a request finding the queue full is refused (`server busy`) at once. The
+//! `timeout` counts from when the server takes a request up, waiting for a slot
+//! included, so every request is answered (or its child killed) within about its
+//! timeout; one that got no slot in time is refused as busy. Children run at a lower
+//! priority with resource limits and confined to their own directory ([`sandbox`]),
+//! and die with the server however it dies.
+//!
+//! Limits a client can hit: at most [`MAX_ARGS`] arguments of [`MAX_ARG_LEN`] bytes
+//! each, but the whole JSON header is at most [`crate::wire::MAX_HEADER`] (64 KiB),
+//! so in practice argv is bounded by the header: a longer header closes the connection
+//! (counted `too_large`) rather than getting an error reply. Duplicate keys in a
+//! header are not refused: the last one wins (serde_json's map).
 
 mod child;
 pub mod sandbox;
@@ -144,7 +159,10 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let common = &config.common;
     let (stream, activity) = Tracked::new(stream);
     let (rd, wr) = tokio::io::split(stream);
-    let mut requests = FramedRead::new(rd, Budgeted::new(HjsonCodec::new(request_max), &common.memory));
+    let mut requests = FramedRead::new(
+        rd,
+        Budgeted::new(HjsonCodec::new(request_max), &common.memory),
+    );
     let mut replies = FramedWrite::new(wr, HjsonCodec::new(output_cap));
 
     // Each with its stdin's reservation; `None` = refused for want of memory.
@@ -395,8 +413,10 @@ fn busy(slots: &Slots) -> Refusal {
 
 fn outcome_reply(outcome: child::Outcome) -> HjsonFrame {
     if outcome.busy {
-        return Refusal("server busy: no free child slot before the timeout; try again later".into())
-            .reply();
+        return Refusal(
+            "server busy: no free child slot before the timeout; try again later".into(),
+        )
+        .reply();
     }
     if let Some(e) = &outcome.spawn_error {
         return Refusal(format!("cannot start the program: {e}")).reply();

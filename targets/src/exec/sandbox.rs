@@ -43,8 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
 };
 
 /// Scheduling priority and resource limits of every child.
@@ -93,7 +92,13 @@ pub const SYSTEM_READ: &[&str] = &[
 ];
 
 /// Devices a child may read and write (`wc -c /dev/zero`, `cat > /dev/null`).
-pub const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random"];
+pub const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/urandom",
+    "/dev/random",
+];
 
 /// The newest Landlock ABI asked for; an older kernel enforces what it knows.
 const LANDLOCK_ABI: ABI = ABI::V5;
@@ -110,7 +115,9 @@ impl Cell {
     /// Creates the working directory and the ruleset (in the parent: this allocates
     /// and opens files, which the child may not do between fork and exec).
     pub(crate) fn new() -> io::Result<Cell> {
-        let dir = tempfile::Builder::new().prefix("chopstick-exec-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("chopstick-exec-")
+            .tempdir()?;
         let ruleset = ruleset(dir.path()).map_err(io::Error::other)?;
         if ruleset.is_none() && !LANDLOCK_WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -147,7 +154,10 @@ fn ruleset(dir: &Path) -> Result<Option<OwnedFd>, landlock::RulesetError> {
         .handle_access(AccessFs::from_all(abi))?
         .handle_access(AccessNet::from_all(abi))?
         .create()?
-        .add_rules(path_beneath_rules(existing(SYSTEM_READ), AccessFs::from_read(abi)))?
+        .add_rules(path_beneath_rules(
+            existing(SYSTEM_READ),
+            AccessFs::from_read(abi),
+        ))?
         .add_rules(path_beneath_rules(
             existing(DEVICES),
             AccessFs::ReadFile | AccessFs::WriteFile,

@@ -167,7 +167,10 @@ pub fn count_procs(argv: &[&str]) -> usize {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).ok().as_deref() == Some(&want[..])
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .as_deref()
+                == Some(&want[..])
                 && stat_fields(*pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
         })
         .count()
@@ -184,7 +187,10 @@ pub async fn wait_slots(
         if pred(&s) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "slots never got there: {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slots never got there: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
