@@ -115,8 +115,11 @@ impl Cell {
     /// Creates the working directory and the ruleset (in the parent: this allocates
     /// and opens files, which the child may not do between fork and exec).
     pub(crate) fn new() -> io::Result<Cell> {
+        use std::os::unix::fs::PermissionsExt;
+        // Private: what a child writes there is nobody else's business.
         let dir = tempfile::Builder::new()
             .prefix("chopstick-exec-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()?;
         let ruleset = ruleset(dir.path()).map_err(io::Error::other)?;
         if ruleset.is_none() && !LANDLOCK_WARNED.swap(true, Ordering::Relaxed) {
