@@ -4,6 +4,12 @@
 
 use std::process::ExitCode;
 
+use chopstick::soak::alloc::Counting;
+
+// Live heap bytes for the leak check (exact, unlike RSS).
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

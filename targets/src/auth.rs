@@ -32,7 +32,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -115,8 +115,43 @@ pub enum KeyError {
     Missing,
 }
 
+/// The key taken out of the environment by [`take_env_key`], if it was called.
+static ENV_KEY: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+
+/// Moves `CHOPSTICK_KEY` out of the process environment into memory only [`load_key`]
+/// reads, so that nothing that can read the environment later (`/proc/PID/environ`,
+/// a child that inherits it, a crash reporter) finds the key.
+///
+/// Removing the variable is not enough on Linux: `/proc/PID/environ` shows the
+/// environment block the process started with, whatever `unsetenv` did to the
+/// `environ` array, so the value's bytes in that block are overwritten with NULs first
+/// (its length stays visible, its content does not).
+///
+/// # Safety
+/// Call it before any other thread exists (first thing in `main`): it writes the
+/// environment, which other threads may read without a lock (see
+/// [`std::env::remove_var`]).
+pub unsafe fn take_env_key() {
+    let value = std::env::var_os(KEY_ENV);
+    if value.is_some() {
+        let name = c"CHOPSTICK_KEY";
+        // SAFETY: single-threaded (the caller's contract). getenv returns a pointer to
+        // the NUL-terminated value inside the environment block, which stays valid
+        // and writable; we overwrite exactly its strlen bytes.
+        unsafe {
+            let p = libc::getenv(name.as_ptr());
+            if !p.is_null() {
+                std::ptr::write_bytes(p, 0, libc::strlen(p));
+            }
+            std::env::remove_var(KEY_ENV);
+        }
+    }
+    let _ = ENV_KEY.set(value.map(|v| v.into_encoded_bytes()));
+}
+
 /// Loads the shared key: the bytes of `key_file` with one trailing newline (`\n` or
-/// `\r\n`) dropped, or else the `CHOPSTICK_KEY` environment variable.
+/// `\r\n`) dropped, or else the `CHOPSTICK_KEY` environment variable (as taken out
+/// of the environment by [`take_env_key`], or read there if it was not called).
 ///
 /// A key file that is given but unreadable is an error, not a reason to fall back to
 /// the environment: silently using another key would be a confusing failure. Only one
@@ -131,10 +166,14 @@ pub fn load_key(key_file: Option<&Path>) -> Result<Vec<u8>, KeyError> {
             strip_one_newline(&mut bytes);
             (bytes, format!("key file {}", path.display()))
         }
-        None => match std::env::var_os(KEY_ENV) {
-            // Raw bytes, so a key need not be UTF-8.
-            Some(value) => (value.into_encoded_bytes(), format!("${KEY_ENV}")),
-            None => return Err(KeyError::Missing),
+        None => match ENV_KEY.get() {
+            Some(Some(value)) => (value.clone(), format!("${KEY_ENV}")),
+            Some(None) => return Err(KeyError::Missing),
+            None => match std::env::var_os(KEY_ENV) {
+                // Raw bytes, so a key need not be UTF-8.
+                Some(value) => (value.into_encoded_bytes(), format!("${KEY_ENV}")),
+                None => return Err(KeyError::Missing),
+            },
         },
     };
     if key.is_empty() {

@@ -9,7 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
-use crate::server::{self, Common, ConnError, ServerError};
+use crate::memory::Budgeted;
+use crate::server::{self, Common, ConnError, ServerError, Tracked};
 use crate::wire::Framing;
 
 /// What echo does to a payload before sending it back.
@@ -66,16 +67,17 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         None => config.framing,
     };
     let counters = &config.common.counters;
-    let mut frames = Framed::new(stream, framing.codec());
-    while let Some(payload) = server::next_frame(&mut frames, config.common.idle_timeout).await? {
-        counters.frame_in();
-        server::send_frame(
-            &mut frames,
-            config.transform.apply(payload),
-            counters,
-            config.common.idle_timeout,
-        )
-        .await?;
-    }
-    Ok(())
+    let common = &config.common;
+    let (stream, activity) = Tracked::new(stream);
+    let mut frames = Framed::new(stream, Budgeted::new(framing.codec(), &common.memory));
+    server::until_idle(&activity, common.idle_timeout, async {
+        while let Some(payload) = server::next_frame(&mut frames, &activity, common).await? {
+            counters.frame_in();
+            // Held until the reply is written; waiting here stops reading (backpressure).
+            let _held = common.memory.reserve(payload.len()).await;
+            server::send_frame(&mut frames, config.transform.apply(payload), counters).await?;
+        }
+        Ok(())
+    })
+    .await
 }

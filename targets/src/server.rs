@@ -22,34 +22,61 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::activity::{Activity, Busy, Tracked};
+use crate::memory::Memory;
 use crate::wire::WireError;
 
-/// How long connections get to wind down after shutdown is requested.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Default time in-flight requests get to finish after shutdown is requested: exec's
+/// default 5 s timeout fits in it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// At most one "connection limit reached" warning per this interval (each wait is
+/// still counted).
+pub const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Default idle timeout: no byte moved either way for this long closes a connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default frame deadline: a request frame, once started, must arrive whole within
+/// this (an 8 MiB frame at 70 KiB/s or faster).
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Options every server takes (DESIGN.md, "Reference servers").
 #[derive(Debug, Clone)]
 pub struct Common {
     /// Connections served at once; further clients wait in the listen queue.
     pub max_conns: usize,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection on which no byte moves, either way, for this long is closed
+    /// (see [`crate::activity`]).
     pub idle_timeout: Duration,
+    /// Once a request frame's first byte has arrived, the rest must arrive within
+    /// this: the slow-sender defence (see [`crate::activity`]).
+    pub frame_timeout: Duration,
     /// Largest frame payload accepted, if lower than the framing's own `max`.
     pub max_frame: Option<usize>,
     /// TCP keepalive idle time, to notice peers that vanished without a FIN.
     pub keepalive: Option<Duration>,
+    /// After shutdown is requested: how long requests in flight get to finish.
+    pub shutdown_grace: Duration,
+    /// Cancelled when shutdown is requested: connections stop taking new requests
+    /// (see [`next_frame`]). Shared by clones; set by [`serve`].
+    pub draining: CancellationToken,
     /// Shared with whoever wants to read the server's counters; clone it before `run`.
     pub counters: Arc<Counters>,
+    /// What all connections together may buffer (see [`crate::memory`]).
+    pub memory: Arc<Memory>,
 }
 
 impl Default for Common {
     fn default() -> Self {
         Common {
             max_conns: 1024,
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
             max_frame: None,
             keepalive: None,
+            shutdown_grace: SHUTDOWN_GRACE,
+            draining: CancellationToken::new(),
             counters: Arc::default(),
+            memory: Arc::default(),
         }
     }
 }
@@ -79,8 +106,10 @@ pub enum ConnError {
     Wire(#[from] WireError),
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
-    #[error("idle for longer than {0:?}")]
+    #[error("no byte moved either way for {0:?}")]
     IdleTimeout(Duration),
+    #[error("a request frame took longer than {0:?} to arrive")]
+    FrameTimeout(Duration),
     #[error("no handshake reply within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("authentication failed")]
@@ -93,11 +122,13 @@ impl ConnError {
     /// A short, stable label for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            ConnError::Wire(WireError::Io(e)) if e.kind() == io::ErrorKind::OutOfMemory => "memory",
             ConnError::Wire(e) => e.kind(),
             ConnError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset",
             ConnError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => "broken_pipe",
             ConnError::Io(_) => "io",
             ConnError::IdleTimeout(_) => "idle_timeout",
+            ConnError::FrameTimeout(_) => "frame_timeout",
             ConnError::HandshakeTimeout(_) => "handshake_timeout",
             ConnError::AuthRejected => "auth_rejected",
             ConnError::Protocol(_) => "protocol",
@@ -114,6 +145,7 @@ pub struct Counters {
     aborted: AtomicU64,
     frames_in: AtomicU64,
     frames_out: AtomicU64,
+    at_limit: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     changed: Notify,
 }
@@ -130,6 +162,9 @@ pub struct CounterSnapshot {
     pub aborted: u64,
     pub frames_in: u64,
     pub frames_out: u64,
+    /// Times the accept loop found every connection slot taken and had to wait
+    /// (clients then queue in the kernel's listen backlog).
+    pub at_limit: u64,
     /// Aborted connections by [`ConnError::kind`].
     pub errors: BTreeMap<String, u64>,
 }
@@ -144,6 +179,7 @@ impl Counters {
             aborted: load(&self.aborted),
             frames_in: load(&self.frames_in),
             frames_out: load(&self.frames_out),
+            at_limit: load(&self.at_limit),
             errors: self
                 .errors
                 .lock()
@@ -246,44 +282,73 @@ pub fn require_loopback(listener: &TcpListener, server: &'static str) -> Result<
     }
 }
 
-/// Reads the next frame, giving up after `idle`. `Ok(None)` = the peer closed cleanly
-/// at a frame boundary; EOF inside a frame is an error from the codec.
-pub async fn next_frame<S, T>(frames: &mut S, idle: Duration) -> Result<Option<T>, ConnError>
+/// Reads the next frame. `Ok(None)` = the peer closed cleanly at a frame boundary;
+/// EOF inside a frame is an error from the codec. Silence is not bounded here (that
+/// is [`until_idle`]'s job); once bytes of the frame arrive, the whole frame must
+/// arrive within `frame_timeout`.
+///
+/// Once the server is draining (shutdown requested), a connection waiting for its next
+/// request ends as if the peer had closed; a request already arriving is read whole
+/// and answered, within the shutdown grace.
+pub async fn next_frame<S, T>(
+    frames: &mut S,
+    activity: &Activity,
+    common: &Common,
+) -> Result<Option<T>, ConnError>
 where
     S: Stream<Item = Result<T, WireError>> + Unpin,
 {
-    match tokio::time::timeout(idle, frames.next()).await {
-        Err(_) => Err(ConnError::IdleTimeout(idle)),
-        Ok(None) => Ok(None),
-        Ok(Some(frame)) => Ok(Some(frame?)),
-    }
+    let frame_timeout = common.frame_timeout;
+    let seen = activity.bytes_in();
+    let next = frames.next();
+    tokio::pin!(next);
+    // Until a new byte arrives the peer is merely silent (or the frame is already
+    // buffered, pipelined); from then on the deadline runs.
+    let frame = tokio::select! {
+        biased;
+        frame = &mut next => frame,
+        _ = common.draining.cancelled(), if activity.bytes_in() == seen => return Ok(None),
+        _ = activity.read_beyond(seen) => {
+            tokio::time::timeout(frame_timeout, &mut next)
+                .await
+                .map_err(|_| ConnError::FrameTimeout(frame_timeout))?
+        }
+    };
+    Ok(frame.transpose()?)
 }
 
 /// Sends one reply frame and flushes it, so a pipelining client is never left waiting.
-/// A peer that reads nothing for `idle` (its window stays full) is dropped like a
-/// silent one, so it cannot hold a connection slot forever.
-pub async fn send_frame<S, T>(
-    frames: &mut S,
-    item: T,
-    counters: &Counters,
-    idle: Duration,
-) -> Result<(), ConnError>
+/// A peer that stops reading is caught by [`until_idle`] (no byte moves).
+pub async fn send_frame<S, T>(frames: &mut S, item: T, counters: &Counters) -> Result<(), ConnError>
 where
     S: Sink<T, Error = WireError> + Unpin,
 {
-    tokio::time::timeout(idle, frames.send(item))
-        .await
-        .map_err(|_| ConnError::IdleTimeout(idle))??;
+    frames.send(item).await?;
     counters.frame_out();
     Ok(())
+}
+
+/// Runs one connection's protocol, ending it with [`ConnError::IdleTimeout`] once no
+/// byte has moved either way for `idle` (see [`crate::activity`]).
+pub async fn until_idle(
+    activity: &Activity,
+    idle: Duration,
+    conn: impl Future<Output = Result<(), ConnError>>,
+) -> Result<(), ConnError> {
+    tokio::select! {
+        result = conn => result,
+        _ = activity.idle(idle) => Err(ConnError::IdleTimeout(idle)),
+    }
 }
 
 /// The accept loop shared by every server.
 ///
 /// Waits for a free connection slot before accepting (so excess clients queue in the
-/// kernel's backlog), runs `handler` on each connection in its own task, records how
-/// it ended, and on `shutdown` stops accepting and cancels the connections, waiting at
-/// most [`SHUTDOWN_GRACE`] for them to wind down.
+/// kernel's backlog; each such wait is counted in `at_limit` and logged, at most once
+/// per [`LIMIT_LOG_INTERVAL`]), runs `handler` on each connection in its own task,
+/// records how it ended. On `shutdown` it stops accepting (the listener is closed),
+/// marks the server draining, so connections between requests close and requests in
+/// flight are answered, and after `shutdown_grace` cuts whatever is left.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     common: &Common,
@@ -298,7 +363,21 @@ where
     let slots = Arc::new(Semaphore::new(common.max_conns.max(1)));
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut last_limit_log: Option<tokio::time::Instant> = None;
     loop {
+        if slots.available_permits() == 0 {
+            common.counters.bump(&common.counters.at_limit);
+            let now = tokio::time::Instant::now();
+            if last_limit_log.is_none_or(|t| now - t >= LIMIT_LOG_INTERVAL) {
+                last_limit_log = Some(now);
+                tracing::warn!(
+                    max_conns = common.max_conns,
+                    waits = common.counters.at_limit.load(Ordering::SeqCst),
+                    "connection limit reached: new clients wait in the listen backlog \
+                     until a connection ends (raise --max-conns, lower --idle-timeout)"
+                );
+            }
+        }
         let permit = tokio::select! {
             _ = &mut shutdown => break,
             permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -335,12 +414,25 @@ where
         });
         while tasks.try_join_next().is_some() {}
     }
-    cancel.cancel();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+    drop(listener);
+    common.draining.cancel();
+    let drained = tokio::time::timeout(common.shutdown_grace, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "shutdown grace of {:?} over: cutting the connections still in flight",
+            common.shutdown_grace
+        );
+        cancel.cancel();
+        // Bounded: a cancelled connection ends at its next await (exec's then
+        // reaps its child within the child's own grace).
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         tasks.abort_all();
     }
     Ok(())

@@ -2,85 +2,17 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use chopstick_targets::exec::{self, Config};
-use chopstick_targets::server::{Counters, Handle, ServerError};
-use chopstick_targets::wire::{FrameLayout, HjsonCodec, HjsonFrame};
+use chopstick_targets::server::ServerError;
+use chopstick_targets::wire::{FrameLayout, HjsonCodec};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::Encoder;
 
+use common::exec::*;
 use common::DEADLINE;
-
-fn start(config: Config) -> (Handle, Arc<Counters>) {
-    let counters = config.common.counters.clone();
-    let handle = Handle::spawn(common::listener(), move |listener, shutdown| {
-        exec::run(listener, config, shutdown)
-    })
-    .expect("spawn exec");
-    (handle, counters)
-}
-
-fn allowing(extra: &[&str]) -> Config {
-    let mut config = Config::default();
-    config.allow.extend(extra.iter().map(|s| s.to_string()));
-    config
-}
-
-/// One encoded request frame with an arbitrary header.
-fn raw_request(header: Value, stdin: &[u8]) -> BytesMut {
-    let mut buf = BytesMut::new();
-    HjsonCodec::new(usize::MAX)
-        .encode(HjsonFrame::new(header, stdin.to_vec()), &mut buf)
-        .expect("encode request");
-    buf
-}
-
-fn request(argv: &[&str], stdin: &[u8]) -> BytesMut {
-    raw_request(json!({ "argv": argv }), stdin)
-}
-
-async fn read_replies(s: &mut TcpStream, n: usize) -> Vec<HjsonFrame> {
-    common::read_frames(s, HjsonCodec::new(64 * 1024 * 1024), n).await
-}
-
-async fn roundtrip(s: &mut TcpStream, argv: &[&str], stdin: &[u8]) -> HjsonFrame {
-    s.write_all(&request(argv, stdin)).await.unwrap();
-    read_replies(s, 1).await.pop().unwrap()
-}
-
-/// The reply's stdout and stderr, checked against the header's byte counts.
-fn split_output(reply: &HjsonFrame) -> (&[u8], &[u8]) {
-    assert!(
-        reply.header.get("error").is_none(),
-        "refused: {:?}",
-        reply.header
-    );
-    let out = reply.header["stdout"].as_u64().expect("stdout count") as usize;
-    let err = reply.header["stderr"].as_u64().expect("stderr count") as usize;
-    assert_eq!(out + err, reply.body.len(), "{:?}", reply.header);
-    (&reply.body[..out], &reply.body[out..])
-}
-
-fn assert_refused(reply: &HjsonFrame, needle: &str) {
-    let error = reply.header.get("error").and_then(Value::as_str);
-    let error = error.unwrap_or_else(|| panic!("expected a refusal, got {:?}", reply.header));
-    assert!(
-        error.contains(needle),
-        "error {error:?} does not mention {needle:?}"
-    );
-    assert!(reply.body.is_empty());
-}
-
-/// Proves the connection still runs commands.
-async fn assert_usable(s: &mut TcpStream) {
-    let reply = roundtrip(s, &["echo", "still", "here"], b"").await;
-    assert_eq!(split_output(&reply).0, b"still here\n");
-}
 
 #[tokio::test]
 async fn seq_1_3_prints_three_lines_and_exits_0() {
@@ -343,92 +275,16 @@ async fn output_exactly_at_cap_is_not_truncated() {
     assert_eq!(split_output(&reply).0, b"1\n2\n3\n");
 }
 
-/// A process found by its exact command line, remembered with its start time so a
-/// reused pid is not mistaken for it.
-struct Proc {
-    pid: u32,
-    starttime: String,
-}
-
-/// `/proc/PID/stat` fields after the `(comm)`: state is [0], starttime is [19].
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    Some(after_comm.split_whitespace().map(String::from).collect())
-}
-
-fn find_proc(argv: &[&str]) -> Option<Proc> {
-    let mut want = Vec::new();
-    for a in argv {
-        want.extend_from_slice(a.as_bytes());
-        want.push(0);
-    }
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::fs::read(entry.path().join("cmdline")).ok().as_deref() == Some(&want[..]) {
-            let fields = stat_fields(pid)?;
-            return Some(Proc {
-                pid,
-                starttime: fields.get(19)?.clone(),
-            });
-        }
-    }
-    None
-}
-
-async fn wait_for_proc(argv: &[&str]) -> Proc {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(p) = find_proc(argv) {
-            return p;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{argv:?} never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until the process is reaped: its pid gone (or reused). A zombie still has a
-/// stat entry with state `Z`, so it does not count as gone.
-async fn wait_until_reaped(p: &Proc) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match stat_fields(p.pid) {
-            None => return,
-            Some(f) if f.get(19) != Some(&p.starttime) => return,
-            Some(f) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "pid {} still there, state {:?}",
-                p.pid,
-                f.first()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn client_disconnect_mid_command_kills_child(rst: bool, unique: &str) {
+#[tokio::test]
+async fn client_rst_mid_command_kills_and_reaps_child() {
     let mut config = allowing(&["sleep"]);
     config.timeout = Duration::from_secs(60);
     let (server, counters) = start(config);
-    let argv = ["sleep", unique];
+    let argv = ["sleep", "47.32"];
     let mut s = common::connect(server.addr).await;
     s.write_all(&request(&argv, b"")).await.unwrap();
     let child = wait_for_proc(&argv).await;
-    if rst {
-        common::reset(s);
-    } else {
-        s.shutdown().await.unwrap();
-        drop(s);
-    }
+    common::reset(s);
     wait_until_reaped(&child).await;
     assert!(find_proc(&argv).is_none());
     counters
@@ -439,20 +295,66 @@ async fn client_disconnect_mid_command_kills_child(rst: bool, unique: &str) {
     assert_usable(&mut s).await;
 }
 
+/// `nc -N` and many clients send their requests, then `shutdown(SHUT_WR)`, then read:
+/// a FIN at a frame boundary means "no more requests", not "gone".
 #[tokio::test]
-async fn client_fin_mid_command_kills_and_reaps_child() {
-    client_disconnect_mid_command_kills_child(false, "47.31").await;
+async fn half_close_after_pipelined_requests_still_gets_every_reply() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_secs(30);
+    let (server, counters) = start(config);
+    let mut s = common::connect(server.addr).await;
+    let mut batch = request(&["sleep", "0.3"], b"");
+    for i in 0..3 {
+        batch.extend_from_slice(&request(&["echo", &format!("reply {i}")], b""));
+    }
+    s.write_all(&batch).await.unwrap();
+    s.shutdown().await.unwrap();
+    let (bytes, err) = common::read_to_end_or_error(&mut s).await;
+    assert!(err.is_none(), "{err:?}");
+    let replies = common::read_frames(&bytes[..], HjsonCodec::new(1 << 20), 4).await;
+    assert_eq!(
+        replies[0].header["exit"],
+        json!(0),
+        "{:?}",
+        replies[0].header
+    );
+    for (i, reply) in replies[1..].iter().enumerate() {
+        assert_eq!(split_output(reply).0, format!("reply {i}\n").as_bytes());
+    }
+    counters
+        .wait_until(DEADLINE, |c| c.completed == 1 && c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("a half-close is a clean end: {c:?}"));
 }
 
+/// A peer that closed entirely (FIN, then gone) is only found out when its reply cannot
+/// be delivered; the command's deadline bounds what it costs, and the child is reaped.
 #[tokio::test]
-async fn client_rst_mid_command_kills_and_reaps_child() {
-    client_disconnect_mid_command_kills_child(true, "47.32").await;
+async fn client_gone_after_fin_costs_at_most_the_deadline() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_millis(500);
+    let (server, counters) = start(config);
+    let argv = ["sleep", "47.31"];
+    let mut s = common::connect(server.addr).await;
+    s.write_all(&request(&argv, b"")).await.unwrap();
+    let child = wait_for_proc(&argv).await;
+    s.shutdown().await.unwrap();
+    drop(s);
+    wait_until_reaped(&child).await;
+    counters
+        .wait_until(DEADLINE, |c| c.active == 0)
+        .await
+        .unwrap_or_else(|c| panic!("connection never ended: {c:?}"));
+    let mut s = common::connect(server.addr).await;
+    assert_usable(&mut s).await;
 }
 
 #[tokio::test]
 async fn server_shutdown_kills_and_reaps_running_child() {
     let mut config = allowing(&["sleep"]);
     config.timeout = Duration::from_secs(60);
+    // Beyond the grace, in-flight commands are cut.
+    config.common.shutdown_grace = Duration::from_millis(300);
     let (server, _) = start(config);
     let argv = ["sleep", "47.33"];
     let mut s = common::connect(server.addr).await;

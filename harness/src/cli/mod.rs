@@ -66,6 +66,9 @@ fn secs(s: f64, what: &str) -> Result<Duration> {
 }
 
 pub fn main() -> ExitCode {
+    // SAFETY: the first thing the program does, before any thread is started (the
+    // runtime and tracing come later), as `take_env_key` requires.
+    unsafe { chopstick_targets::auth::take_env_key() };
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
@@ -125,21 +128,29 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a server announces its port right after, and a
+/// SIGTERM that arrives before the accept loop first polls the future must still be a
+/// graceful stop, not the default action (death by signal).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let recv = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
+        };
+        tokio::select! {
+            _ = recv(int) => {},
+            _ = recv(term) => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).

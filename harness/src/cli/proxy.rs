@@ -50,6 +50,11 @@ pub struct ProxyArgs {
     /// pauses let the kernel merge pieces again on loopback).
     #[arg(long, default_value_t = 1.0)]
     min_pause_ms: f64,
+    /// Allow a non-loopback --listen. The proxy authenticates nobody: whoever reaches
+    /// it reaches the upstream (an exec or file server trusts loopback only), so
+    /// exposing it must be a deliberate choice.
+    #[arg(long)]
+    allow_remote: bool,
 }
 
 pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
@@ -65,6 +70,13 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
             "--upstream {upstream} is not loopback; chopstick only sends traffic to this machine"
         );
     }
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        bail!(
+            "--listen {} is not loopback and the proxy authenticates nobody: anyone who \
+             reaches it reaches {upstream}; pass --allow-remote to expose it anyway",
+            args.listen
+        );
+    }
     if args.udp {
         let socket = tokio::net::UdpSocket::bind(args.listen)
             .await
@@ -73,8 +85,9 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
         config.faults = args.faults.parse().context("--faults")?;
         config.seed = seed;
         config.direction = args.direction;
+        let shutdown = shutdown_signal();
         println!("listening on {}", socket.local_addr()?);
-        let stats = chopstick::udp::relay::run(socket, config, shutdown_signal()).await?;
+        let stats = chopstick::udp::relay::run(socket, config, shutdown).await?;
         eprintln!("{stats:?}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -88,8 +101,9 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     config.min_pause = secs(args.min_pause_ms / 1000.0, "min-pause-ms")?;
     // `coalesce` can only merge frames the relay holds back (its `hold_ms`).
     config.hold = chopstick::proxy::Hold::for_faults(&config.faults);
+    let shutdown = shutdown_signal();
     println!("listening on {}", listener.local_addr()?);
-    chopstick::proxy::run(listener, config, shutdown_signal()).await?;
+    chopstick::proxy::run(listener, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,7 +126,8 @@ async fn serve_api(
         let n = api::load_config(&registry, path).await?;
         eprintln!("chopstick proxy: {n} proxies from {}", path.display());
     }
+    let shutdown = shutdown_signal();
     println!("api listening on {}", listener.local_addr()?);
-    api::run(listener, registry, shutdown_signal()).await?;
+    api::run(listener, registry, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use chopstick_targets::server::{self, Common};
@@ -99,18 +100,30 @@ pub struct CommonArgs {
     /// Connections served at once; more wait in the listen queue.
     #[arg(long, default_value_t = 1024)]
     max_conns: usize,
-    /// Seconds of silence before a connection is closed.
+    /// Seconds without a byte moving either way before a connection is closed.
     #[arg(long, default_value_t = 30.0)]
     idle_timeout: f64,
+    /// Seconds a request frame may take to arrive once its first byte has (the
+    /// slow-sender defence: 120 s lets an 8 MiB frame through at 70 KiB/s).
+    #[arg(long, default_value_t = 120.0)]
+    frame_timeout: f64,
     /// Largest frame payload (e.g. 65536, 64KiB, 8MiB); lowers the framing's max.
     #[arg(long, value_parser = size_arg)]
     max_frame: Option<usize>,
+    /// What all connections together may buffer: requests being received, queued
+    /// exec stdin, exec output and file bodies until written (e.g. 512MiB, 2GiB).
+    #[arg(long, value_parser = size_arg, default_value = "1GiB")]
+    max_memory: usize,
     /// Length of the kernel's listen queue.
     #[arg(long, default_value_t = 1024)]
     backlog: u32,
     /// TCP keepalive idle seconds, to notice peers that vanished.
     #[arg(long)]
     keepalive: Option<f64>,
+    /// Seconds requests in flight get to finish after SIGTERM/SIGINT (new connections
+    /// are refused and idle ones closed at once).
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_grace: f64,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +158,13 @@ pub struct ExecArgs {
     /// Most stdout+stderr bytes returned per command.
     #[arg(long, value_parser = size_arg, default_value = "16MiB")]
     output_cap: usize,
+    /// Commands running at once, server-wide (default: twice the CPUs, at least 2).
+    #[arg(long)]
+    max_children: Option<usize>,
+    /// Requests waiting for a free child, server-wide; one more is refused as busy
+    /// (default: 4 per child). Waiting counts against the request's --timeout.
+    #[arg(long)]
+    max_waiting: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -159,8 +179,11 @@ impl CommonArgs {
         Ok(Common {
             max_conns: self.max_conns,
             idle_timeout: secs(self.idle_timeout, "idle-timeout")?,
+            frame_timeout: secs(self.frame_timeout, "frame-timeout")?,
             max_frame: self.max_frame,
             keepalive: self.keepalive.map(|k| secs(k, "keepalive")).transpose()?,
+            shutdown_grace: secs(self.shutdown_grace, "shutdown-grace")?,
+            memory: Arc::new(chopstick_targets::memory::Memory::new(self.max_memory)),
             ..Common::default()
         })
     }
@@ -178,11 +201,19 @@ impl EchoArgs {
 
 impl ExecArgs {
     fn config(&self, common: Common) -> Result<exec::Config> {
+        let max_children = self
+            .max_children
+            .unwrap_or_else(exec::slots::default_max_children);
+        let max_waiting = self
+            .max_waiting
+            .unwrap_or(max_children * exec::slots::DEFAULT_WAITING_PER_CHILD);
         Ok(exec::Config {
             common,
             allow: self.allow.clone(),
             timeout: secs(self.timeout, "timeout")?,
             output_cap: self.output_cap,
+            slots: Arc::new(exec::Slots::new(max_children, max_waiting)),
+            limits: exec::Limits::default(),
         })
     }
 }
@@ -274,13 +305,15 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
             })
         }
     };
+    // Signal handlers first, so a SIGTERM right after the announcement is graceful.
+    let shutdown = shutdown_signal();
     // Announce before serving: tests and `check --spawn` parse this line for the port.
     println!("listening on {addr}");
     let result = match ready {
-        Ready::Echo(config) => echo::run(listener, config, shutdown_signal()).await,
-        Ready::Exec(config) => exec::run(listener, config, shutdown_signal()).await,
-        Ready::File(config) => file::run(listener, config, shutdown_signal()).await,
-        Ready::Auth(config) => auth::run(listener, config, shutdown_signal()).await,
+        Ready::Echo(config) => echo::run(listener, config, shutdown).await,
+        Ready::Exec(config) => exec::run(listener, config, shutdown).await,
+        Ready::File(config) => file::run(listener, config, shutdown).await,
+        Ready::Auth(config) => auth::run(listener, config, shutdown).await,
     };
     result.context("server stopped")
 }
@@ -299,8 +332,9 @@ async fn serve_udp(
         max_datagram,
         ..chopstick_targets::udp::Config::default()
     };
+    let shutdown = shutdown_signal();
     println!("listening on {}", socket.local_addr()?);
-    chopstick_targets::udp::run(socket, config, shutdown_signal())
+    chopstick_targets::udp::run(socket, config, shutdown)
         .await
         .context("server stopped")
 }

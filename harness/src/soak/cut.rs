@@ -26,6 +26,16 @@ use chopstick_targets::wire::{Framing, HjsonCodec, HjsonFrame};
 const CONN_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on waiting for the server to wind down after the run.
 const SETTLE: Duration = Duration::from_secs(30);
+/// A leak is heap growth of more than this per cut connection, in each of two rounds.
+/// Every connection allocates at least one read buffer (8 KiB) and a task; losing any
+/// of them is far above this.
+pub const LEAK_BYTES_PER_CONN: i64 = 256;
+/// Growth per round that is noise, whatever the connection count: live heap
+/// (timer wheels, slabs, maps resizing once) ...
+const LEAK_FLOOR_HEAP: i64 = 256 * 1024;
+/// ... and RSS, where arenas and thread stacks come and go.
+const LEAK_FLOOR_RSS: i64 = 4 * 1024 * 1024;
+
 /// Bound on waiting for RSS to come back (tokio's blocking threads idle out after 10 s).
 const RSS_SETTLE: Duration = Duration::from_secs(20);
 
@@ -68,6 +78,13 @@ pub struct CutFigures {
     pub rss_growth_pct: f64,
     /// How long RSS took to come back within 10 % (idle threads exiting), bounded.
     pub rss_settle_secs: f64,
+    /// What the leak check measured: `live heap` (counting allocator) or `RSS`.
+    pub leak_measure: String,
+    /// Growth of that measure in each of the two rounds of cuts, bytes.
+    pub leak_round1_bytes: i64,
+    pub leak_round2_bytes: i64,
+    /// Growth per round above which (in both rounds) it is a leak.
+    pub leak_limit_bytes: i64,
     /// Child processes of this process left after the run (must be 0).
     pub children_left: usize,
     /// file: temporary (partial) files left under the root (must be 0).
@@ -113,8 +130,16 @@ impl CutFigures {
             format!("fds {} -> {}", self.fds_before, self.fds_after),
         );
         fail(
-            self.rss_growth_pct <= 10.0,
-            format!("RSS grew {:.1}%", self.rss_growth_pct),
+            self.leak_round1_bytes <= self.leak_limit_bytes
+                || self.leak_round2_bytes <= self.leak_limit_bytes,
+            format!(
+                "leak: {} grew by {} and {} bytes in two rounds of {} connections (limit {} each)",
+                self.leak_measure,
+                self.leak_round1_bytes,
+                self.leak_round2_bytes,
+                self.connections / 2,
+                self.leak_limit_bytes
+            ),
         );
         fail(
             self.children_left == 0,
@@ -498,10 +523,30 @@ pub async fn run(target: &Running, n: u64, in_flight: usize, seed: u64) -> CutFi
     let panics_before = sys::panics();
     let before = target.server_snapshot();
 
+    // Two equal rounds, the heap measured after each (see the module docs of `soak`).
+    let round = (n / 2).max(1);
+    let (measure, floor) = match super::alloc::live_bytes() {
+        Some(_) => ("live heap", LEAK_FLOOR_HEAP),
+        None => ("RSS", LEAK_FLOOR_RSS),
+    };
+    let heap = || {
+        sys::trim_heap();
+        super::alloc::live_bytes()
+            .unwrap_or_else(|| sys::rss_kib().map_or(0, |r| r.0 as i64 * 1024))
+    };
+    fig.leak_measure = measure.into();
+    fig.leak_limit_bytes = floor + LEAK_BYTES_PER_CONN * round as i64;
+    let m0 = heap();
     let started = Instant::now();
-    drive(target, 0..n, in_flight, seed, &mut fig, &mut files).await;
+    drive(target, 0..round, in_flight, seed, &mut fig, &mut files).await;
+    target.wait_idle(SETTLE).await;
+    sys::poll_until(SETTLE, || sys::child_pids().is_empty()).await;
+    let m1 = heap();
+    let second = n + warmup..n + warmup + round;
+    drive(target, second, in_flight, seed, &mut fig, &mut files).await;
     fig.secs = started.elapsed().as_secs_f64();
-    fig.per_sec = n as f64 / fig.secs.max(1e-9);
+    fig.connections = 2 * round;
+    fig.per_sec = fig.connections as f64 / fig.secs.max(1e-9);
 
     // Settle: every connection ended in the server (and proxy), every child reaped.
     let idle = target.wait_idle(SETTLE).await;
@@ -522,6 +567,9 @@ pub async fn run(target: &Running, n: u64, in_flight: usize, seed: u64) -> CutFi
     fig.server_alive = target.alive();
     sys::poll_until(SETTLE, || sys::child_pids().is_empty()).await;
     fig.children_left = sys::child_pids().len();
+    let m2 = heap();
+    fig.leak_round1_bytes = m1 - m0;
+    fig.leak_round2_bytes = m2 - m1;
     let fds_before = fig.fds_before;
     sys::poll_until(Duration::from_secs(10), || {
         sys::open_fds().is_ok_and(|n| n <= fds_before)
@@ -685,4 +733,38 @@ pub async fn healthy(target: &Running) -> Result<(), String> {
     tokio::time::timeout(CONN_DEADLINE, work)
         .await
         .map_err(|_| "healthy client timed out".to_string())?
+}
+
+#[cfg(test)]
+mod leak_tests {
+    use super::*;
+
+    fn judged(round1: i64, round2: i64) -> bool {
+        let fig = CutFigures {
+            target: "t".into(),
+            connections: 2000,
+            server_alive: true,
+            healthy_after: true,
+            leak_measure: "live heap".into(),
+            leak_round1_bytes: round1,
+            leak_round2_bytes: round2,
+            leak_limit_bytes: 512 * 1024,
+            ..Default::default()
+        };
+        fig.failures().is_empty()
+    }
+
+    #[test]
+    fn one_off_growth_in_either_round_is_not_a_leak() {
+        assert!(judged(3 << 20, 1000));
+        assert!(judged(-5000, 3 << 20));
+        assert!(judged(0, 0));
+    }
+
+    #[test]
+    fn growth_beyond_the_limit_in_both_rounds_is_a_leak() {
+        // A leak of 8 KiB per connection (one read buffer) over 1000 per round.
+        assert!(!judged(8 << 20, 8 << 20));
+        assert!(!judged(512 * 1024 + 1, 512 * 1024 + 1));
+    }
 }

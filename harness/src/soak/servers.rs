@@ -14,6 +14,8 @@ use crate::proxy::{ProxyConfig, ProxyCounters, ProxyHandle, ProxySnapshot};
 
 /// The key of the soak's auth server (a test key: the server is on loopback only).
 pub const KEY: &[u8] = b"chopstick soak key";
+/// exec: requests that may wait for a child slot (more than the soak ever has in flight).
+const SOAK_MAX_WAITING: usize = 4096;
 
 /// What a soak run is pointed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -175,6 +177,12 @@ pub fn start(kind: Kind, opts: &Options) -> Result<Running, SoakError> {
         Kind::Exec => {
             let config = exec::Config {
                 common,
+                // Every connection in flight may wait for a child: the soak judges
+                // disconnects, not the busy refusal (tested in targets/tests/exec_load.rs).
+                slots: Arc::new(exec::Slots::new(
+                    exec::slots::default_max_children(),
+                    SOAK_MAX_WAITING,
+                )),
                 ..Default::default()
             };
             Handle::spawn(listener, move |l, stop| exec::run(l, config, stop))

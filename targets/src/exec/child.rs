@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use super::sandbox::{self, Limits};
+use super::slots::Ticket;
+use crate::memory::{Memory, Reservation};
 
 /// The only PATH a child sees, and the only places a program is looked up in.
 pub const FIXED_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -36,8 +41,12 @@ pub struct Spec {
     /// argv as the client sent it; `argv[0]` is the bare allow-listed name.
     pub argv: Vec<String>,
     pub stdin: Bytes,
+    /// Counts from when the server takes the request up: waiting for a slot included.
     pub timeout: Duration,
     pub output_cap: usize,
+    pub limits: Limits,
+    /// Output is reserved here as it arrives (see [`crate::memory`]).
+    pub memory: Arc<Memory>,
 }
 
 /// What happened to one command.
@@ -51,6 +60,11 @@ pub struct Outcome {
     pub truncated: bool,
     /// The program could not be started at all (the request is refused).
     pub spawn_error: Option<io::Error>,
+    /// No child slot came free before the deadline: the program never ran.
+    pub busy: bool,
+    /// The memory `stdout` and `stderr` hold (twice their length: the reply body and
+    /// its encoded copy), until the reply is written.
+    pub held: Option<Reservation>,
 }
 
 impl Outcome {
@@ -82,10 +96,10 @@ impl Job {
     }
 }
 
-/// Starts `spec` on a new task.
-pub fn spawn(spec: Spec) -> Job {
+/// Starts `spec` on a new task once `ticket` is admitted to a running slot.
+pub fn spawn(spec: Spec, ticket: Ticket) -> Job {
     let (abort_tx, abort_rx) = oneshot::channel();
-    let done = tokio::spawn(run(spec, abort_rx));
+    let done = tokio::spawn(run(spec, ticket, abort_rx));
     Job {
         abort: abort_tx,
         done,
@@ -130,9 +144,22 @@ enum End {
     Aborted,
 }
 
-async fn run(spec: Spec, mut abort: oneshot::Receiver<()>) -> Outcome {
+async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Outcome {
     let mut outcome = Outcome::default();
     let deadline = Instant::now() + spec.timeout;
+    // Held until the child is reaped (the end of this function), so a slot stands for
+    // a live process.
+    let _slot = tokio::select! {
+        biased;
+        _ = &mut abort => return outcome,
+        admitted = tokio::time::timeout_at(deadline, ticket.admit()) => match admitted {
+            Ok(permit) => permit,
+            Err(_) => {
+                outcome.busy = true;
+                return outcome;
+            }
+        },
+    };
     let mut cmd = Command::new(&spec.program);
     {
         use std::os::unix::process::CommandExt;
@@ -150,6 +177,16 @@ async fn run(spec: Spec, mut abort: oneshot::Receiver<()>) -> Outcome {
         // Backstop: kills the leader if the Child is dropped un-reaped; tokio then
         // reaps it in the background.
         .kill_on_drop(true);
+    // Removed (with anything the child left in it) when this function returns, after
+    // the reap.
+    let cell = match sandbox::Cell::new() {
+        Ok(cell) => cell,
+        Err(e) => {
+            outcome.spawn_error = Some(e);
+            return outcome;
+        }
+    };
+    sandbox::confine(cmd.as_std_mut(), spec.limits, spec.timeout, &cell);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -161,8 +198,15 @@ async fn run(spec: Spec, mut abort: oneshot::Receiver<()>) -> Outcome {
         pgid: child.id().and_then(|id| i32::try_from(id).ok()),
     };
 
+    let mut held = spec.memory.empty();
     let end = {
-        let io = pump(&mut child, spec.stdin, spec.output_cap, &mut outcome);
+        let io = pump(
+            &mut child,
+            spec.stdin,
+            spec.output_cap,
+            &mut outcome,
+            &mut held,
+        );
         tokio::select! {
             biased;
             _ = &mut abort => End::Aborted,
@@ -173,6 +217,7 @@ async fn run(spec: Spec, mut abort: oneshot::Receiver<()>) -> Outcome {
             },
         }
     };
+    outcome.held = Some(held);
     let end = match end {
         // The pipes closed; the child is exiting or already gone. Wait for it within
         // what is left of the deadline.
@@ -213,7 +258,13 @@ async fn run(spec: Spec, mut abort: oneshot::Receiver<()>) -> Outcome {
 /// block the other (a large `cat` fills both pipes at once). Returns `true` if the
 /// output went beyond `cap` (only `cap` bytes are kept), `false` once both pipes are at
 /// EOF. Stdin is closed when written, or when this returns.
-async fn pump(child: &mut Child, stdin: Bytes, cap: usize, outcome: &mut Outcome) -> bool {
+async fn pump(
+    child: &mut Child,
+    stdin: Bytes,
+    cap: usize,
+    outcome: &mut Outcome,
+    held: &mut Reservation,
+) -> bool {
     let feed = {
         let pipe = child.stdin.take();
         async move {
@@ -233,6 +284,7 @@ async fn pump(child: &mut Child, stdin: Bytes, cap: usize, outcome: &mut Outcome
         cap,
         &mut outcome.stdout,
         &mut outcome.stderr,
+        held,
     );
     tokio::pin!(feed, collect);
     let mut fed = false;
@@ -251,6 +303,7 @@ async fn collect(
     cap: usize,
     out: &mut Vec<u8>,
     err: &mut Vec<u8>,
+    held: &mut Reservation,
 ) -> bool {
     let mut buf_out = vec![0u8; READ_CHUNK];
     let mut buf_err = vec![0u8; READ_CHUNK];
@@ -267,6 +320,9 @@ async fn collect(
             else => return false,
         };
         let room = cap.saturating_sub(out.len() + err.len());
+        // Backpressure: until the budget has room the pipes are not read, so the child
+        // blocks; its deadline bounds the wait.
+        held.grow(2 * n.min(room)).await;
         let (into, src) = if is_stdout {
             (&mut *out, &buf_out)
         } else {

@@ -17,36 +17,57 @@
 //!   looked up only on [`FIXED_PATH`]; the child gets an empty environment plus that PATH;
 //! - every command has a deadline and an output cap (stdout + stderr together); beyond
 //!   either its whole process group is killed and the reply says `timed_out`/`truncated`;
-//! - a client that goes away while its command runs gets the command killed, and every
-//!   child is reaped: no orphans, no zombies. A FIN counts as going away: a half-closed
-//!   socket looks the same as a closed one, and a fuzzer's cut must not leave children;
+//! - a client that goes away while its command runs (a reset, an EOF inside a request,
+//!   a reply that cannot be written) gets the command killed, and every child is
+//!   reaped: no orphans, no zombies. A FIN after complete requests is not going away:
+//!   it means "no more requests" (`nc -N`, `shutdown(SHUT_WR)`), so the requests
+//!   already received run and are answered before the server closes; the deadline
+//!   bounds what a peer that closed entirely can cost;
 //! - a refused request costs nothing but an `error` reply; the connection stays usable.
 //!   A corrupt stream (bad header, oversize frame) closes the connection after the
 //!   replies to the requests before it, and is counted.
 //!
 //! Requests may be pipelined: they are answered in order, and up to [`MAX_QUEUED`]
 //! (and about [`MAX_QUEUED_BYTES`] of stdin) wait while a command runs.
+//!
+//! Under concurrency ([`slots`]): at most `max_children` commands run server-wide
+//! (default twice the CPUs), at most `max_waiting` more wait for one, in arrival
+//! order; a request finding the queue full is refused (`server busy`) at once. The
+//! `timeout` counts from when the server takes a request up, waiting for a slot
+//! included, so every request is answered (or its child killed) within about its
+//! timeout; one that got no slot in time is refused as busy. Children run at a lower
+//! priority with resource limits and confined to their own directory ([`sandbox`]),
+//! and die with the server however it dies.
+//!
+//! Limits a client can hit: at most [`MAX_ARGS`] arguments of [`MAX_ARG_LEN`] bytes
+//! each, but the whole JSON header is at most [`crate::wire::MAX_HEADER`] (64 KiB),
+//! so in practice argv is bounded by the header: a longer header closes the connection
+//! (counted `too_large`) rather than getting an error reply. Duplicate keys in a
+//! header are not refused: the last one wins (serde_json's map).
 
 mod child;
+pub mod sandbox;
+pub mod slots;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::server::{self, Common, ConnError, Counters, ServerError};
+use crate::memory::{Budgeted, Reservation};
+use crate::server::{self, Busy, Common, ConnError, ServerError, Tracked};
 use crate::wire::{HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
 
 pub use child::FIXED_PATH;
+pub use sandbox::Limits;
+pub use slots::{Slots, SlotsSnapshot};
 
 /// The programs allowed when the configuration names none.
 pub const DEFAULT_ALLOW: &[&str] = &[
@@ -76,6 +97,11 @@ pub struct Config {
     pub timeout: Duration,
     /// Most stdout+stderr bytes returned; beyond it the child is killed and `truncated` set.
     pub output_cap: usize,
+    /// Children running at once and requests waiting for one, shared by every
+    /// connection (and every clone of this config).
+    pub slots: Arc<Slots>,
+    /// Priority and resource limits of each child.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -85,6 +111,8 @@ impl Default for Config {
             allow: DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect(),
             timeout: DEFAULT_TIMEOUT,
             output_cap: DEFAULT_OUTPUT_CAP,
+            slots: Arc::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -128,98 +156,128 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         .max_frame
         .map_or(config.output_cap, |m| m.min(config.output_cap));
     let counters = &*config.common.counters;
-    let idle = config.common.idle_timeout;
+    let common = &config.common;
+    let (stream, activity) = Tracked::new(stream);
     let (rd, wr) = tokio::io::split(stream);
-    let mut requests = FramedRead::new(rd, HjsonCodec::new(request_max));
+    let mut requests = FramedRead::new(
+        rd,
+        Budgeted::new(HjsonCodec::new(request_max), &common.memory),
+    );
     let mut replies = FramedWrite::new(wr, HjsonCodec::new(output_cap));
 
-    let mut queue: VecDeque<HjsonFrame> = VecDeque::new();
+    // Each with its stdin's reservation; `None` = refused for want of memory.
+    let mut queue: VecDeque<(HjsonFrame, Option<Reservation>)> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut running: Option<child::Job> = None;
+    // Held while a command runs: a client silently waiting for it is not idle (the
+    // command's own deadline bounds that wait).
+    let mut working: Option<Busy> = None;
     // A corrupt frame seen behind earlier requests: answer those, then close.
     let mut corrupt: Option<ConnError> = None;
+    // The peer sent FIN at a frame boundary: answer what was asked, then close.
+    let mut finished = false;
 
-    loop {
-        if running.is_none() {
-            match queue.pop_front() {
-                Some(request) => {
-                    queued_bytes -= request.body.len();
-                    match parse_request(&request, config, output_cap) {
-                        Ok(spec) => running = Some(child::spawn(spec)),
-                        Err(refusal) => {
-                            send(&mut replies, refusal.reply(), counters, idle).await?;
+    server::until_idle(&activity, common.idle_timeout, async {
+        loop {
+            if running.is_none() {
+                match queue.pop_front() {
+                    Some((request, held)) => {
+                        queued_bytes -= request.body.len();
+                        let admitted = match held {
+                            Some(held) => Ok(held),
+                            None => Err(Refusal(
+                                "server memory budget exhausted; try again later".into(),
+                            )),
+                        };
+                        match admitted.and_then(|held| {
+                            // The stdin now belongs to the command (its own copy in
+                            // the spec); the output is reserved as it comes.
+                            drop(held);
+                            parse_request(&request, config, output_cap)
+                        }).and_then(|spec| {
+                            let ticket =
+                                config.slots.enter().ok_or_else(|| busy(&config.slots))?;
+                            Ok(child::spawn(spec, ticket))
+                        }) {
+                            Ok(job) => {
+                                running = Some(job);
+                                working = Some(activity.busy());
+                            }
+                            Err(refusal) => {
+                                server::send_frame(&mut replies, refusal.reply(), counters)
+                                    .await?;
+                            }
+                        }
+                        continue;
+                    }
+                    None => {
+                        if let Some(e) = corrupt.take() {
+                            return Err(e);
+                        }
+                        if finished {
+                            return Ok(());
                         }
                     }
-                    continue;
                 }
-                None => {
-                    if let Some(e) = corrupt.take() {
-                        return Err(e);
+            }
+            let busy = running.is_some();
+            let can_read = !finished
+                && corrupt.is_none()
+                && queue.len() < MAX_QUEUED
+                && queued_bytes < MAX_QUEUED_BYTES;
+            tokio::select! {
+                next = server::next_frame(&mut requests, &activity, common), if can_read => match next {
+                    Ok(Some(mut frame)) => {
+                        counters.frame_in();
+                        let held = common.memory.try_reserve(frame.body.len());
+                        if held.is_none() {
+                            frame.body = Bytes::new();
+                        }
+                        queued_bytes += frame.body.len();
+                        queue.push_back((frame, held));
                     }
+                    // FIN at a frame boundary: no more requests, but the ones received
+                    // (running or queued) are still answered.
+                    Ok(None) => finished = true,
+                    // A reset or an EOF inside a frame: the client is gone.
+                    Err(e @ (ConnError::Wire(WireError::Io(_) | WireError::Truncated { .. }) | ConnError::Io(_))) => {
+                        return Err(abandon(running.take(), e).await);
+                    }
+                    // Bad header, oversize frame, a frame too slow: no more requests
+                    // from this stream, but the ones already received are answered.
+                    Err(e) => corrupt = Some(e),
+                },
+                (reply, held) = wait_job(&mut running), if busy => {
+                    running = None;
+                    working = None;
+                    server::send_frame(&mut replies, reply, counters).await?;
+                    drop(held);
                 }
+                // Unreachable (a stream that cannot be read has a job or a queue), but
+                // select! would panic without it.
+                else => return Err(ConnError::Protocol("exec connection stalled".into())),
             }
         }
-        let busy = running.is_some();
-        let can_read =
-            corrupt.is_none() && queue.len() < MAX_QUEUED && queued_bytes < MAX_QUEUED_BYTES;
-        tokio::select! {
-            next = read_request(&mut requests, busy, idle), if can_read => match next {
-                Ok(Some(frame)) => {
-                    counters.frame_in();
-                    queued_bytes += frame.body.len();
-                    queue.push_back(frame);
-                }
-                // Clean end: nothing was in flight.
-                Ok(None) if !busy => return Ok(()),
-                // The client is gone while its command runs: kill it, reap it, close.
-                Ok(None) => {
-                    return Err(abandon(running, io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "client closed the connection while its command was running",
-                    ).into()).await);
-                }
-                // A reset or an EOF inside a frame: the client is gone too.
-                Err(e @ (ConnError::Wire(WireError::Io(_) | WireError::Truncated { .. }) | ConnError::Io(_))) => {
-                    return Err(abandon(running, e).await);
-                }
-                // Bad header, oversize frame, idle: no more requests from this stream,
-                // but the ones already received are answered first.
-                Err(e) => corrupt = Some(e),
-            },
-            outcome = wait_job(&mut running), if busy => {
-                running = None;
-                send(&mut replies, outcome, counters, idle).await?;
-            }
-            // Unreachable (idle implies readable), but select! would panic without it.
-            else => return Err(ConnError::Protocol("exec connection stalled".into())),
-        }
-    }
+    })
+    .await
 }
 
-/// Reads one request: with the idle timeout when nothing runs; without it while a
-/// command runs (the command's own deadline bounds that wait, and a client may well be
-/// silent while it waits for a long command).
-async fn read_request<S: AsyncRead + Unpin>(
-    requests: &mut FramedRead<S, HjsonCodec>,
-    busy: bool,
-    idle: Duration,
-) -> Result<Option<HjsonFrame>, ConnError> {
-    if busy {
-        Ok(requests.next().await.transpose()?)
-    } else {
-        server::next_frame(requests, idle).await
-    }
-}
-
-async fn wait_job(running: &mut Option<child::Job>) -> HjsonFrame {
+/// The reply of the running job, with the memory its output holds until written.
+async fn wait_job(running: &mut Option<child::Job>) -> (HjsonFrame, Option<Reservation>) {
     let Some(job) = running else {
         return std::future::pending().await;
     };
     match (&mut job.done).await {
-        Ok(outcome) => outcome_reply(outcome),
+        Ok(mut outcome) => {
+            let held = outcome.held.take();
+            (outcome_reply(outcome), held)
+        }
         // The job task panicked or was cancelled: say so instead of taking the
         // connection down.
-        Err(e) => Refusal(format!("internal error running the command: {e}")).reply(),
+        Err(e) => (
+            Refusal(format!("internal error running the command: {e}")).reply(),
+            None,
+        ),
     }
 }
 
@@ -231,17 +289,6 @@ async fn abandon(running: Option<child::Job>, error: ConnError) -> ConnError {
         let _ = tokio::time::timeout(Duration::from_secs(10), job.cancel()).await;
     }
     error
-}
-
-/// Sends a reply; a client that does not read its replies for `idle` is dropped, so it
-/// cannot hold a connection slot forever.
-async fn send<S: AsyncWrite + Unpin>(
-    replies: &mut FramedWrite<S, HjsonCodec>,
-    reply: HjsonFrame,
-    counters: &Counters,
-    idle: Duration,
-) -> Result<(), ConnError> {
-    server::send_frame(replies, reply, counters, idle).await
 }
 
 /// Why a request is refused; the text goes to the client in `error`.
@@ -297,6 +344,8 @@ pub(crate) fn parse_request(
         stdin: request.body.clone(),
         timeout: config.timeout,
         output_cap,
+        limits: config.limits,
+        memory: config.common.memory.clone(),
     })
 }
 
@@ -353,7 +402,22 @@ fn resolve(name: &str, path: &str) -> Option<PathBuf> {
         })
 }
 
+/// The refusal of a request that found every slot taken and the queue full.
+fn busy(slots: &Slots) -> Refusal {
+    let s = slots.snapshot();
+    Refusal(format!(
+        "server busy: {} commands running and {} waiting (at most {} + {}); try again later",
+        s.running, s.waiting, s.max_children, s.max_waiting
+    ))
+}
+
 fn outcome_reply(outcome: child::Outcome) -> HjsonFrame {
+    if outcome.busy {
+        return Refusal(
+            "server busy: no free child slot before the timeout; try again later".into(),
+        )
+        .reply();
+    }
     if let Some(e) = &outcome.spawn_error {
         return Refusal(format!("cannot start the program: {e}")).reply();
     }

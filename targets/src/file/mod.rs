@@ -23,7 +23,14 @@
 //! renamed into place inside a blocking task: it is whole or absent, whatever happens
 //! to the connection. `list` is sorted by name and recursive, with `/`-separated names.
 //! Its file list travels in the reply header, so it is bounded by
-//! [`crate::wire::MAX_HEADER`]; a larger listing is refused with an error reply.
+//! [`crate::wire::MAX_HEADER`]; a larger listing is refused with an error reply. That
+//! is about 650 files with short names; [`store::MAX_LIST_ENTRIES`] (100 000) bounds
+//! the directory walk, not the reply.
+//!
+//! There is no disk quota: each put is at most the frame max (8 MiB by default), and
+//! the number of files is not limited. Give the root its own filesystem or a quota
+//! when clients are not trusted. Duplicate keys in a request header are not refused:
+//! the last one wins (serde_json's map).
 
 pub mod names;
 pub mod store;
@@ -38,7 +45,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
-use crate::server::{self, Common, ConnError, ServerError};
+use crate::memory::Budgeted;
+use crate::server::{self, Common, ConnError, ServerError, Tracked};
 use crate::wire::{Framing, HjsonCodec, HjsonFrame, DEFAULT_MAX, MAX_HEADER};
 
 pub use names::{validate, NameError, ValidName};
@@ -124,19 +132,35 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), ConnError> {
     let max = config.max_body();
     let counters = &config.common.counters;
-    let mut frames = Framed::new(stream, HjsonCodec::new(max));
-    while let Some(frame) = server::next_frame(&mut frames, config.common.idle_timeout).await? {
-        counters.frame_in();
-        let reply = match handle(frame, config.root.clone(), max).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                tracing::debug!("file request refused: {e}");
-                error_reply(&e.to_string())
-            }
-        };
-        server::send_frame(&mut frames, reply, counters, config.common.idle_timeout).await?;
-    }
-    Ok(())
+    let common = &config.common;
+    let (stream, activity) = Tracked::new(stream);
+    let mut frames = Framed::new(stream, Budgeted::new(HjsonCodec::new(max), &common.memory));
+    server::until_idle(&activity, common.idle_timeout, async {
+        while let Some(frame) = server::next_frame(&mut frames, &activity, common).await? {
+            counters.frame_in();
+            // A put's fsync may take a while on a busy disk: that is not the peer idling.
+            let busy = activity.busy();
+            let reply = match handle(frame, config.root.clone(), max).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    tracing::debug!("file request refused: {e}");
+                    error_reply(&e.to_string())
+                }
+            };
+            drop(busy);
+            // A body and its encoded copy, until written.
+            let (reply, _held) = match common.memory.try_reserve(2 * reply.body.len()) {
+                Some(held) => (reply, Some(held)),
+                None => (
+                    error_reply("server memory budget exhausted; try again later"),
+                    None,
+                ),
+            };
+            server::send_frame(&mut frames, reply, counters).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Why a well-framed request was refused; becomes the reply's `error`.

@@ -143,3 +143,4 @@ pub async fn disconnect_matrix<F, Fut>(
         }
     }
 }
+pub mod exec;

