@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use chopstick::campaign::check::{CheckConfig, Profile};
 use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
+use chopstick::oracle::differential::Differential;
 use chopstick::oracle::Oracle;
 use chopstick::report::Report;
 use chopstick::workload::{Mode, Workload};
@@ -37,6 +38,10 @@ pub struct CheckArgs {
     /// (with --udp: echo, upper or time).
     #[arg(long, default_value = "echo")]
     oracle: String,
+    /// With --oracle differential: replies may come in any order (matched as a
+    /// multiset), for servers that answer pipelined requests out of order.
+    #[arg(long)]
+    unordered: bool,
     /// Check a UDP server: tagged datagrams, judged for loss, duplication, reordering,
     /// truncation and corruption.
     #[arg(long)]
@@ -159,7 +164,11 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     if args.udp {
         return check_udp(&args, seed).await;
     }
-    let oracle = chopstick::oracle::parse(&args.oracle)?;
+    let oracle: Arc<dyn Oracle> = match (args.oracle.as_str(), args.unordered) {
+        (_, false) => chopstick::oracle::parse(&args.oracle)?,
+        ("differential", true) => Arc::new(Differential { unordered: true }),
+        (other, true) => anyhow::bail!("--unordered needs --oracle differential, not {other}"),
+    };
     let target = match (&args.connect, &args.spawn) {
         (Some(addr), _) => TargetSpec::Connect(*addr),
         (None, Some(cmd)) => TargetSpec::Spawn(cmd.clone()),
