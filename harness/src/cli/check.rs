@@ -184,6 +184,7 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
             messages: c.messages,
             max_size: c.max_size.min(args.framing.max()),
             header_width: args.framing.header_width(),
+            sessions: None,
         },
         profiles: c.profiles()?,
         seed,
