@@ -31,6 +31,7 @@ fn workload() -> Workload {
         messages: MESSAGES,
         max_size: 1024,
         header_width: 4,
+        sessions: None,
     }
 }
 

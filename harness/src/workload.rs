@@ -3,6 +3,11 @@
 //! Sizes are drawn to hit the cases receivers get wrong: empty messages, one byte,
 //! sizes around the length field's width, and large messages (up to `max_size`) that
 //! no single read returns whole. The same seed always gives the same messages.
+//!
+//! Or, for real servers that parse their requests, [`Sessions`]: templates (recorded
+//! connections, or a corpus) each connection draws one of, seeded.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rand::{Rng, RngCore};
@@ -31,11 +36,61 @@ pub struct Workload {
     pub max_size: usize,
     /// Width of the framing's header, so sizes around it are drawn too.
     pub header_width: usize,
+    /// Session templates to draw from instead of drawn payloads (`check --traffic`,
+    /// `check --requests`); `messages` and `max_size` do not apply to them. Not stored
+    /// in files: a reproducer keeps the requests it sends.
+    #[serde(skip)]
+    pub sessions: Option<Arc<Sessions>>,
+}
+
+/// Session templates: each the request payloads of one connection, in order. What a
+/// traffic file or a request corpus gives a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sessions(pub Vec<Vec<Bytes>>);
+
+/// Session templates a campaign cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionsError {
+    #[error("no session templates to draw from")]
+    Empty,
+}
+
+impl Sessions {
+    /// Checked templates: at least one.
+    pub fn new(templates: Vec<Vec<Bytes>>) -> Result<Sessions, SessionsError> {
+        if templates.is_empty() {
+            return Err(SessionsError::Empty);
+        }
+        Ok(Sessions(templates))
+    }
+
+    /// Which template connection `conn` plays: every template once in each round of
+    /// `len` connections, in an order shuffled per round from `seed`.
+    pub fn pick(&self, seed: u64, conn: u64) -> usize {
+        use rand::seq::SliceRandom;
+        let n = self.0.len().max(1);
+        let round = conn / n as u64;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut purpose_rng(seed, &format!("sessions/{round}")));
+        order[(conn % n as u64) as usize]
+    }
+
+    /// The requests connection `conn` sends.
+    pub fn draw(&self, seed: u64, conn: u64) -> Vec<Bytes> {
+        self.0
+            .get(self.pick(seed, conn))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl Workload {
     /// The messages connection `conn` sends in a run seeded with `seed`.
     pub fn messages(&self, seed: u64, conn: u64) -> Vec<Bytes> {
+        if let Some(sessions) = &self.sessions {
+            return sessions.draw(seed, conn);
+        }
         // Independent of the plan RNGs, so changing a fault never changes the messages.
         let mut rng = purpose_rng(seed, &format!("workload/{conn}"));
         let n = self.messages;
@@ -102,6 +157,7 @@ mod tests {
             messages: 400,
             max_size: max,
             header_width: 4,
+            sessions: None,
         }
     }
 
@@ -130,6 +186,7 @@ mod tests {
             messages: 4,
             max_size: 1000,
             header_width: 4,
+            sessions: None,
         };
         for conn in 0..20 {
             let mut sizes: Vec<usize> = w.messages(9, conn).iter().map(|m| m.len()).collect();
@@ -137,5 +194,38 @@ mod tests {
             assert_eq!(&sizes[..3], &[0, 1, 4], "conn {conn}");
             assert!(sizes[3] >= 500, "conn {conn}: {sizes:?}");
         }
+    }
+
+    fn templates() -> Sessions {
+        let t = |v: &[&str]| {
+            v.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect()
+        };
+        Sessions::new(vec![t(&["a", "b"]), t(&["c"]), t(&[]), t(&["d", "e", "f"])]).unwrap()
+    }
+
+    #[test]
+    fn sessions_are_drawn_whole_every_template_once_per_round_and_seeded() {
+        let s = templates();
+        let w = Workload {
+            sessions: Some(Arc::new(s.clone())),
+            ..w(10)
+        };
+        for round in 0..3u64 {
+            let mut picked: Vec<usize> = (0..4).map(|i| s.pick(5, round * 4 + i)).collect();
+            picked.sort_unstable();
+            assert_eq!(picked, [0, 1, 2, 3], "round {round}");
+        }
+        for conn in 0..8 {
+            assert_eq!(w.messages(5, conn), s.0[s.pick(5, conn)], "conn {conn}");
+            assert_eq!(w.messages(5, conn), w.messages(5, conn));
+        }
+        let order = |seed| (0..8).map(|c| s.pick(seed, c)).collect::<Vec<_>>();
+        assert!(
+            (0..20).any(|seed| order(seed) != order(5)),
+            "the seed changes the draw"
+        );
+        assert_eq!(Sessions::new(Vec::new()), Err(SessionsError::Empty));
     }
 }

@@ -69,6 +69,7 @@ fn config(addr: SocketAddr) -> CheckConfig {
             messages: 6,
             max_size: 4096,
             header_width: 4,
+            sessions: None,
         },
         profiles: ["split", "boundary"]
             .iter()

@@ -52,10 +52,11 @@ struct Checked {
 }
 
 /// `chopstick check --spawn CMD` with small, fast settings and a JSON report.
-fn check(cmd: &str, seed: u64, faults: &str, dir: &Path) -> Checked {
+/// `extra`: further arguments (e.g. another oracle).
+fn check_with(cmd: &str, seed: u64, faults: &str, dir: &Path, extra: &[&str]) -> Checked {
     let json = dir.join(format!("report-{seed}.json"));
     let seed_s = seed.to_string();
-    let out = chopstick(&[
+    let mut args = vec![
         "check",
         "--spawn",
         cmd,
@@ -79,7 +80,9 @@ fn check(cmd: &str, seed: u64, faults: &str, dir: &Path) -> Checked {
         json.to_str().unwrap(),
         "--artifacts",
         dir.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = chopstick(&args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -99,10 +102,15 @@ fn check(cmd: &str, seed: u64, faults: &str, dir: &Path) -> Checked {
 /// A broken receiver: every seed must fail with one of `classes`, and the reproducer
 /// of that failure must be confirmed by `replay`.
 fn caught(cmd: &str, faults: &str, classes: &[&str]) -> Vec<PathBuf> {
+    caught_with(cmd, faults, classes, &[])
+}
+
+/// [`caught`] with `extra` arguments for `check_with`.
+fn caught_with(cmd: &str, faults: &str, classes: &[&str], extra: &[&str]) -> Vec<PathBuf> {
     let mut reproducers = Vec::new();
     for seed in SEEDS {
         let dir = tempfile::tempdir().unwrap();
-        let c = check(cmd, seed, faults, dir.path());
+        let c = check_with(cmd, seed, faults, dir.path(), extra);
         assert_eq!(
             c.code,
             Some(1),
@@ -143,13 +151,19 @@ fn caught(cmd: &str, faults: &str, classes: &[&str]) -> Vec<PathBuf> {
 }
 
 fn passes(cmd: &str) {
+    passes_with(cmd, &[])
+}
+
+/// [`passes`] with `extra` arguments for `check_with`.
+fn passes_with(cmd: &str, extra: &[&str]) {
     for seed in SEEDS {
         let dir = tempfile::tempdir().unwrap();
-        let c = check(
+        let c = check_with(
             cmd,
             seed,
             "split,boundary,coalesce,disconnect,mixed",
             dir.path(),
+            extra,
         );
         assert_eq!(
             c.code,
@@ -227,6 +241,24 @@ fn dropped_empty_messages_are_caught() {
 fn truncated_large_replies_are_caught() {
     let cmd = format!("python3 {} {{port}} truncates_large", zoo("broken.py"));
     caught(&cmd, "coalesce", &["truncated"]);
+}
+
+#[test]
+fn noisy_server_passes_the_differential_oracle_with_its_noise_masked() {
+    passes_with(
+        &format!("python3 {} {{port}}", zoo("noisy.py")),
+        &["--oracle", "differential"],
+    );
+}
+
+#[test]
+fn noisy_server_with_a_one_recv_header_fails_the_differential_oracle() {
+    caught_with(
+        &format!("python3 {} {{port}} --bug", zoo("noisy.py")),
+        "split,boundary",
+        &["lost", "hang"],
+        &["--oracle", "differential"],
+    );
 }
 
 #[test]

@@ -39,6 +39,8 @@ use tokio::net::TcpStream;
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
 use crate::oracle::{Delivered, Encoded, Opened, Oracle, PROBE_CONN};
 use crate::workload::{Mode, Workload};
+/// Session templates, the interface `check --traffic` and `check --requests` feed.
+pub use crate::workload::{Sessions, SessionsError};
 use chopstick_targets::wire::WireError;
 pub use drive::{Exchange, Fin, Timing};
 pub use judge::{End, Failure, FailureClass, Seen};

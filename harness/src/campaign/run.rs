@@ -397,6 +397,7 @@ pub fn workload(scale: Scale) -> Workload {
         max_size: scale.max_size,
         // u32be and hjson both start with a 4-byte length.
         header_width: 4,
+        sessions: None,
     }
 }
 

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use chopstick::campaign::check::{CheckConfig, Profile};
 use chopstick::campaign::client::ClientOutput;
 use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
+use chopstick::oracle::differential::Differential;
 use chopstick::oracle::Oracle;
 use chopstick::report::Report;
 use chopstick::workload::{Mode, Workload};
@@ -48,6 +49,10 @@ pub struct CheckArgs {
     /// (with --udp: echo, upper or time).
     #[arg(long, default_value = "echo")]
     oracle: String,
+    /// With --oracle differential: replies may come in any order (matched as a
+    /// multiset), for servers that answer pipelined requests out of order.
+    #[arg(long)]
+    unordered: bool,
     /// Check a UDP server: tagged datagrams, judged for loss, duplication, reordering,
     /// truncation and corruption.
     #[arg(long)]
@@ -178,7 +183,11 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         anyhow::ensure!(args.client.is_none(), "--udp does not take --client");
         return check_udp(&args, seed).await;
     }
-    let oracle = chopstick::oracle::parse(&args.oracle)?;
+    let oracle: Arc<dyn Oracle> = match (args.oracle.as_str(), args.unordered) {
+        (_, false) => chopstick::oracle::parse(&args.oracle)?,
+        ("differential", true) => Arc::new(Differential { unordered: true }),
+        (other, true) => anyhow::bail!("--unordered needs --oracle differential, not {other}"),
+    };
     let target = match (&args.connect, &args.spawn, &args.client) {
         (Some(addr), _, _) => TargetSpec::Connect(*addr),
         (None, Some(cmd), _) => TargetSpec::Spawn(cmd.clone()),
@@ -195,6 +204,7 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
             messages: c.messages,
             max_size: c.max_size.min(args.framing.max()),
             header_width: args.framing.header_width(),
+            sessions: None,
         },
         profiles: c.profiles()?,
         seed,
