@@ -85,13 +85,14 @@ impl Framing {
         }
     }
 
-    /// Width of the length header (1 for `line`'s terminator), so workloads draw
-    /// message sizes around it.
+    /// Width of the length header (1 for `line`'s terminator; for `varint` and
+    /// `netstring` that of a short payload's), so workloads draw message sizes around it.
     pub fn header_width(&self) -> usize {
         match self {
             Framing::Length(l) => l.header_len(),
-            Framing::Line { .. } => 1,
+            Framing::Line { .. } | Framing::Varint { .. } | Framing::Raw { .. } => 1,
             Framing::Hjson { .. } => 4,
+            Framing::Netstring { .. } => 2,
         }
     }
 

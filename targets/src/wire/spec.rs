@@ -170,19 +170,6 @@ impl Framing {
         matches!(self, Framing::Raw { .. })
     }
 
-    /// Bytes before the payload of a frame carrying `payload_len` bytes (the length
-    /// field and the rest of the header; hjson: the prefix and a `{"size":N}` header).
-    /// Workloads draw payload sizes around it.
-    pub fn header_len(&self, payload_len: usize) -> usize {
-        match self {
-            Framing::Length(l) => l.header_len(),
-            Framing::Line { .. } | Framing::Raw { .. } => 0,
-            Framing::Hjson { .. } => 4 + r#"{"size":}"#.len() + super::netstring::digits(payload_len as u64),
-            Framing::Varint { .. } => super::varint::varint_len(payload_len as u64),
-            Framing::Netstring { .. } => super::netstring::digits(payload_len as u64) + 1,
-        }
-    }
-
     /// Largest payload (for hjson: body) this framing accepts.
     pub fn max(&self) -> usize {
         match self {

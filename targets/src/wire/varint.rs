@@ -121,10 +121,7 @@ impl Decoder for VarintCodec {
             Some(frame) => Ok(Some(frame)),
             None if self.pending.is_none() && src.is_empty() => Ok(None),
             None => Err(WireError::Truncated {
-                received: src.len()
-                    + self
-                        .pending
-                        .map_or(0, |len| varint_len(len as u64)),
+                received: src.len() + self.pending.map_or(0, |len| varint_len(len as u64)),
             }),
         }
     }
