@@ -51,11 +51,12 @@ struct Checked {
     out: String,
 }
 
-/// `chopstick check --spawn CMD` with small, fast settings and a JSON report.
-fn check(cmd: &str, seed: u64, faults: &str, dir: &Path) -> Checked {
+/// `chopstick check --spawn CMD` with small, fast settings and a JSON report, plus
+/// `extra` arguments (e.g. `--framing varint`).
+fn check(cmd: &str, seed: u64, faults: &str, dir: &Path, extra: &[&str]) -> Checked {
     let json = dir.join(format!("report-{seed}.json"));
     let seed_s = seed.to_string();
-    let out = chopstick(&[
+    let mut args = vec![
         "check",
         "--spawn",
         cmd,
@@ -79,7 +80,9 @@ fn check(cmd: &str, seed: u64, faults: &str, dir: &Path) -> Checked {
         json.to_str().unwrap(),
         "--artifacts",
         dir.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = chopstick(&args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -99,10 +102,15 @@ fn check(cmd: &str, seed: u64, faults: &str, dir: &Path) -> Checked {
 /// A broken receiver: every seed must fail with one of `classes`, and the reproducer
 /// of that failure must be confirmed by `replay`.
 fn caught(cmd: &str, faults: &str, classes: &[&str]) -> Vec<PathBuf> {
+    caught_with(cmd, faults, classes, &[])
+}
+
+/// [`caught`] with `extra` arguments to `check`.
+fn caught_with(cmd: &str, faults: &str, classes: &[&str], extra: &[&str]) -> Vec<PathBuf> {
     let mut reproducers = Vec::new();
     for seed in SEEDS {
         let dir = tempfile::tempdir().unwrap();
-        let c = check(cmd, seed, faults, dir.path());
+        let c = check(cmd, seed, faults, dir.path(), extra);
         assert_eq!(
             c.code,
             Some(1),
@@ -143,6 +151,11 @@ fn caught(cmd: &str, faults: &str, classes: &[&str]) -> Vec<PathBuf> {
 }
 
 fn passes(cmd: &str) {
+    passes_with(cmd, &[]);
+}
+
+/// [`passes`] with `extra` arguments to `check`.
+fn passes_with(cmd: &str, extra: &[&str]) {
     for seed in SEEDS {
         let dir = tempfile::tempdir().unwrap();
         let c = check(
@@ -150,6 +163,7 @@ fn passes(cmd: &str) {
             seed,
             "split,boundary,coalesce,disconnect,mixed",
             dir.path(),
+            extra,
         );
         assert_eq!(
             c.code,
@@ -227,6 +241,25 @@ fn dropped_empty_messages_are_caught() {
 fn truncated_large_replies_are_caught() {
     let cmd = format!("python3 {} {{port}} truncates_large", zoo("broken.py"));
     caught(&cmd, "coalesce", &["truncated"]);
+}
+
+/// A varint (protobuf-delimited) receiver that takes the length from one `recv`: a
+/// two-byte prefix cut after its first byte is read as a short length.
+#[test]
+fn varint_length_read_with_one_recv_is_caught() {
+    let cmd = format!("python3 {} {{port}} single_recv_len", zoo("varint.py"));
+    caught_with(
+        &cmd,
+        "boundary",
+        &["corrupted", "truncated", "lost"],
+        &["--framing", "varint"],
+    );
+}
+
+#[test]
+fn correct_varint_python_server_passes() {
+    let cmd = format!("python3 {} {{port}} correct", zoo("varint.py"));
+    passes_with(&cmd, &["--framing", "varint"]);
 }
 
 #[test]
