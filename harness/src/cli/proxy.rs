@@ -2,15 +2,17 @@
 //! it passes on; loopback upstreams only.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use chopstick::proxy::FaultDirection;
+use chopstick::traffic::{RecordConfig, Recorder, FLUSH_INTERVAL};
 use chopstick_targets::server;
 use chopstick_targets::wire::Framing;
 use clap::Args;
 
-use super::{secs, shutdown_signal};
+use super::{secs, shutdown_signal, size_arg};
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
@@ -41,6 +43,17 @@ pub struct ProxyArgs {
     /// pauses let the kernel merge pieces again on loopback).
     #[arg(long, default_value_t = 1.0)]
     min_pause_ms: f64,
+    /// Record every connection's request and reply frames into this traffic file
+    /// (needs --framing; written every 2 s and at exit; see README "Real traffic").
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Bound on the recording (roughly its file size); later frames are left out and
+    /// the file says `"truncated": true`.
+    #[arg(long, value_parser = size_arg, default_value = "64MiB")]
+    record_max: usize,
+    /// Framing of the server's replies, when it is not --framing's (for --record).
+    #[arg(long)]
+    reply_framing: Option<Framing>,
 }
 
 pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
@@ -52,6 +65,9 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("chopstick proxy: seed {seed}");
+    if args.udp && args.record.is_some() {
+        bail!("--record records TCP connections; it does not work with --udp");
+    }
     if args.udp {
         let socket = tokio::net::UdpSocket::bind(args.listen)
             .await
@@ -77,7 +93,51 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     if args.faults.contains("coalesce") || args.faults.contains("mixed") {
         config.hold.frames = config.hold.frames.max(4);
     }
+    let Some(path) = args.record else {
+        println!("listening on {}", listener.local_addr()?);
+        chopstick::proxy::run(listener, config, shutdown_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(framing) = args.framing else {
+        bail!("--record needs --framing: frames are what a recording holds");
+    };
+    let recorder = Recorder::create(RecordConfig {
+        path: path.clone(),
+        framing,
+        reply_framing: args.reply_framing.unwrap_or(framing),
+        max_bytes: args.record_max,
+        upstream: args.upstream.to_string(),
+    })?;
+    config.recorder = Some(recorder.clone());
     println!("listening on {}", listener.local_addr()?);
-    chopstick::proxy::run(listener, config, shutdown_signal()).await?;
+    println!("recording to {}", path.display());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let flusher = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            recorder
+                .flush_every(FLUSH_INTERVAL, async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let ran = chopstick::proxy::run(listener, config, shutdown_signal()).await;
+    let _ = stop.send(());
+    let _ = flusher.await;
+    // The last write happens whatever the relay's fate: it holds the frames so far.
+    recorder.finish()?;
+    let file = recorder.snapshot();
+    eprintln!(
+        "recorded {} connection(s) to {}{}",
+        file.connections.len(),
+        path.display(),
+        if file.truncated {
+            " (truncated at --record-max)"
+        } else {
+            ""
+        }
+    );
+    ran?;
     Ok(ExitCode::SUCCESS)
 }
