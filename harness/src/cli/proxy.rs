@@ -110,7 +110,7 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     })?;
     config.recorder = Some(recorder.clone());
     println!("listening on {}", listener.local_addr()?);
-    println!("recording to {}", path.display());
+    eprintln!("recording to {}", path.display());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let flusher = {
         let recorder = recorder.clone();

@@ -644,6 +644,14 @@ async fn serve_conn(client: TcpStream, peer: SocketAddr, conn: u64, config: &Pro
             }
         }
     };
+    // A direction cut short by the other's ending never returned: say so.
+    if let Some(r) = &state.recorder {
+        for (dir, stats) in [(Direction::Up, &up_stats), (Direction::Down, &down_stats)] {
+            if stats.end.is_none() {
+                r.ended(dir, "torn_down");
+            }
+        }
+    }
     match teardown {
         None => {}
         Some(Ending::Close) => {

@@ -40,7 +40,8 @@
 //!       ],
 //!       "ended": {"up": "eof",            how each direction ended (eof, reset,
 //!                 "down": "eof"}          fault_close, fault_reset, dest_gone,
-//!     }                                   stalled, idle); null while still open
+//!     }                                   stalled, idle, bad_plan; torn_down: cut
+//!                                         by the other's end); null while open
 //!   ]
 //! }
 //! ```
