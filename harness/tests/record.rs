@@ -51,9 +51,20 @@ fn recording(dir: &Path, framing: Framing) -> Arc<Recorder> {
 }
 
 fn proxy(upstream: SocketAddr, framing: Framing, recorder: &Arc<Recorder>) -> ProxyHandle {
+    faulted_proxy(upstream, framing, recorder, "")
+}
+
+fn faulted_proxy(
+    upstream: SocketAddr,
+    framing: Framing,
+    recorder: &Arc<Recorder>,
+    faults: &str,
+) -> ProxyHandle {
     let mut config = ProxyConfig::new(upstream);
     config.framing = Some(framing);
     config.recorder = Some(recorder.clone());
+    config.faults = faults.parse().unwrap();
+    config.seed = 7;
     ProxyHandle::spawn(listener(), config).expect("spawn proxy")
 }
 
@@ -146,6 +157,32 @@ async fn a_pipelining_client_has_every_frame_recorded_once_in_order() {
         let file = traffic::read(&dir.path().join("traffic.json")).unwrap();
         assert!(file.complete);
         assert_eq!(bytes_of(&file.connections[0]).0, msgs);
+    }
+}
+
+#[tokio::test]
+async fn a_faulted_proxy_cuts_inside_varint_and_netstring_headers_and_still_records_every_frame() {
+    // Frame-aware faults find the variable-length headers (FrameScanner) and cut there;
+    // the real echo server copes, and the recording holds the bytes as the peers sent them.
+    for spec in ["varint", "netstring"] {
+        let framing: Framing = spec.parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rec = recording(dir.path(), framing);
+        let server = upstream(framing);
+        let proxy = faulted_proxy(server.addr, framing, &rec, "boundary:all=true,split");
+        let msgs = payloads(14);
+        let (stream, _) = framing.encode_all(&msgs).unwrap();
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        client.write_all(&stream).await.unwrap();
+        let replies = read_n(&mut client, stream.len()).await;
+        let (expected, _) = framing.encode_all(&upper(&msgs)).unwrap();
+        assert_eq!(&replies[..], &expected[..], "{spec}");
+        drop(client);
+        let c = ended_connection(&rec).await;
+        let (req, rep) = bytes_of(&c);
+        assert_eq!(req, msgs, "{spec}");
+        assert_eq!(rep, upper(&msgs), "{spec}");
+        proxy.shutdown().await.unwrap();
     }
 }
 
