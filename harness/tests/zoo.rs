@@ -262,6 +262,24 @@ fn correct_varint_python_server_passes() {
     passes_with(&cmd, &["--framing", "varint"]);
 }
 
+/// A netstring receiver that parses the length from the front of each chunk it gets.
+#[test]
+fn netstring_length_taken_from_the_front_of_each_chunk_is_caught() {
+    let cmd = format!("node {} {{port}} digits_per_chunk", zoo("netstring.js"));
+    caught_with(
+        &cmd,
+        "boundary",
+        &["corrupted", "truncated", "lost", "hang"],
+        &["--framing", "netstring"],
+    );
+}
+
+#[test]
+fn correct_netstring_node_server_passes() {
+    let cmd = format!("node {} {{port}} correct", zoo("netstring.js"));
+    passes_with(&cmd, &["--framing", "netstring"]);
+}
+
 #[test]
 fn correct_python_server_passes() {
     passes(&format!("python3 {} {{port}}", zoo("correct.py")));

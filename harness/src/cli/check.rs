@@ -157,6 +157,14 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     if args.udp {
         return check_udp(&args, seed).await;
     }
+    if args.framing.is_raw() {
+        // Unframed both ways, nothing tells one message from the next and every fault
+        // would be a false alarm; `raw` is for one side of a request/reply pair.
+        anyhow::bail!(
+            "--framing raw has no message boundaries to check; it is only valid as one \
+             side of a request/reply pair (`--framing raw --reply-framing i32le`)"
+        );
+    }
     let oracle: OracleKind = args.oracle.parse().map_err(anyhow::Error::msg)?;
     let target = match (&args.connect, &args.spawn) {
         (Some(addr), _) => TargetSpec::Connect(*addr),
