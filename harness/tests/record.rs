@@ -378,3 +378,36 @@ async fn sigterm_writes_a_complete_recording_with_the_connection_ended() {
     assert_eq!(bytes_of(&f.connections[0]).1, upper(&msgs));
     assert!(f.connections[0].ended.is_some());
 }
+
+#[test]
+fn record_without_a_framing_and_raw_both_ways_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.json");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run chopstick");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[
+        "proxy",
+        "--upstream",
+        "127.0.0.1:9",
+        "--record",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--record needs --framing"), "{err}");
+    assert!(!file.exists(), "nothing recorded, nothing written");
+    let (code, err) = run(&["check", "--connect", "127.0.0.1:9", "--framing", "raw"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--framing raw has no message boundaries"),
+        "{err}"
+    );
+}
