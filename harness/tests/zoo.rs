@@ -346,3 +346,70 @@ fn udp_truncating_receiver_is_caught_and_correct_one_passes() {
         );
     }
 }
+
+/// `check --framing raw --reply-framing i32le` against the tutorial remote-exec shape
+/// (a raw command read with one `recv`, answered `struct.pack('i', n)` + output): the
+/// server that reads into a 1 KiB buffer is caught on every seed with a reproducer
+/// `replay` confirms; the one whose buffer holds any command passes (a raw message is
+/// one write, never cut, so it is one `recv`).
+#[test]
+fn raw_requests_with_i32le_replies_catch_a_short_recv_buffer_and_pass_a_big_one() {
+    for seed in SEEDS {
+        let seed_s = seed.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let run = |mode: &str, faults: &str| {
+            let cmd = format!("python3 {} {{port}} {mode}", zoo("raw_exec.py"));
+            let out = chopstick(&[
+                "check",
+                "--spawn",
+                &cmd,
+                "--framing",
+                "raw",
+                "--reply-framing",
+                "i32le",
+                "--oracle",
+                "upper",
+                "--seed",
+                &seed_s,
+                "--connections",
+                "4",
+                "--messages",
+                "8",
+                "--max-size",
+                "4KiB",
+                "--liveness",
+                "1",
+                "--reply-timeout",
+                "2",
+                "--shrink-time",
+                "8",
+                "--faults",
+                faults,
+                "--artifacts",
+                dir.path().to_str().unwrap(),
+            ]);
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        let (code, text) = run("correct", "split,boundary,coalesce,disconnect,mixed");
+        assert_eq!(code, Some(0), "false alarm, seed {seed}:\n{text}");
+        assert!(text.contains("20 connections, 0 failures"), "{text}");
+        let (code, text) = run("small_recv", "boundary");
+        assert_eq!(code, Some(1), "not caught, seed {seed}:\n{text}");
+        let repro = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("reproducer: "))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no reproducer, seed {seed}:\n{text}"))
+            .to_string();
+        let replay = chopstick(&["replay", &repro]);
+        assert_eq!(
+            replay.status.code(),
+            Some(1),
+            "replay did not confirm {repro}:\n{}",
+            String::from_utf8_lossy(&replay.stdout)
+        );
+    }
+}

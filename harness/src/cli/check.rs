@@ -32,6 +32,11 @@ pub struct CheckArgs {
     /// Framing spec of requests and replies.
     #[arg(long, default_value = "u32be")]
     framing: Framing,
+    /// Framing of the replies when it differs from --framing's (e.g. `--framing raw
+    /// --reply-framing i32le`). A `raw` side runs ping-pong, one message per write,
+    /// never cut inside.
+    #[arg(long)]
+    reply_framing: Option<Framing>,
     /// How replies are judged: echo, upper (ASCII a-z upper-cased), differential
     /// (equal to an unfaulted run's replies), exec or file (chopstick's own servers).
     /// (with --udp: echo, upper or time).
@@ -132,6 +137,7 @@ impl CampaignArgs {
                 ..Timing::default()
             },
             liveness: secs(self.liveness, "liveness")?,
+            reply_framing: None,
         })
     }
 
@@ -159,7 +165,8 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     if args.udp {
         return check_udp(&args, seed).await;
     }
-    if args.framing.is_raw() {
+    let reply_framing = args.reply_framing.unwrap_or(args.framing);
+    if args.framing.is_raw() && reply_framing.is_raw() {
         // Unframed both ways, nothing tells one message from the next and every fault
         // would be a false alarm; `raw` is for one side of a request/reply pair.
         anyhow::bail!(
@@ -177,7 +184,15 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     let config = CheckConfig {
         target,
         target_name,
-        case: c.case_config(args.framing, oracle)?,
+        case: {
+            let mut case = c.case_config(args.framing, oracle)?;
+            case.reply_framing = args.reply_framing.filter(|r| *r != args.framing);
+            if args.framing.is_raw() || reply_framing.is_raw() {
+                // A raw side tells messages apart only by turns: one reply per request.
+                case.mode = Mode::PingPong;
+            }
+            case
+        },
         workload: Workload {
             connections: c.connections,
             messages: c.messages,
