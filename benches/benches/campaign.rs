@@ -41,6 +41,7 @@ fn config(addr: SocketAddr, framing: Framing) -> CheckConfig {
         target_name: "echo".into(),
         case: CaseConfig {
             framing,
+            reply_framing: None,
             oracle: std::sync::Arc::new(chopstick::oracle::echo::Echo),
             mode: Mode::Pipelined,
             half_close: true,

@@ -23,7 +23,7 @@ use std::io;
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use chopstick_targets::fuzzing::{run_as_libfuzzer, Rest, SpecInput};
+use chopstick_targets::fuzzing::{run_as_libfuzzer, Rest, SpecInput, KINDS};
 use chopstick_targets::wire::{Framing, WireError};
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -162,6 +162,10 @@ pub fn frame_roundtrip(input: FrameRoundtripInput) {
     let Ok(framing) = spec.parse::<Framing>() else {
         return;
     };
+    // raw has no boundaries for a cut to be inside of; frame_decode covers it.
+    if framing.is_raw() {
+        return;
+    }
     let framing = framing.with_max(FUZZ_MAX);
     let Some(messages) = messages(&framing, tail) else {
         return;
@@ -322,10 +326,6 @@ pub fn replay(data: &[u8]) -> bool {
 /// `tests/fuzz_corpus.rs` checks they are committed as `seed-NAME` (and writes them with
 /// `CHOPSTICK_WRITE_SEEDS=1`).
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-    const KINDS: [&str; 11] = [
-        "u32be", "u8", "u16be", "u16le", "u32le", "u64be", "u64le", "i32le", "i32be", "line",
-        "hjson",
-    ];
     let spec = |k: &str| SpecInput {
         kind: KINDS.iter().position(|n| *n == k).expect("known kind") as u8,
         ..SpecInput::default()
@@ -416,6 +416,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 plan(&[(r, 3), (r, 10), (close, 0)], 0),
                 7,
                 b"xyz\xff",
+            ),
+        ),
+        (
+            "varint-split-inside-the-prefix",
+            seed(
+                spec("varint"),
+                plan(&[(w, 1), (p, 0)], 40),
+                plan(&[(r, 1)], 10),
+                3,
+                &[&[b'v'; 130][..], b"\xff\xffab"].concat(),
+            ),
+        ),
+        (
+            "netstring-close-before-comma",
+            seed(
+                spec("netstring"),
+                plan(&[(w, 7), (close, 0)], 0),
+                plan(&[(r, 2)], 4),
+                0,
+                b"hello\xffx",
             ),
         ),
         (

@@ -8,6 +8,7 @@
 //! - [`workload`]: the seeded messages a campaign sends.
 //! - [`proxy`]: `chopstick proxy`, a TCP relay applying plans to either direction.
 //! - [`report`]: summary table, JSON and JUnit.
+//! - [`traffic`]: recorded traffic (`proxy --record`) and request corpora as session templates.
 //! - [`repro_file`]: reading and writing reproducer files, TCP and UDP alike.
 //! - [`udp`]: datagram faults, the UDP relay and `check --udp`.
 
@@ -21,5 +22,6 @@ pub mod proxy;
 pub mod report;
 pub mod repro_file;
 pub mod soak;
+pub mod traffic;
 pub mod udp;
 pub mod workload;

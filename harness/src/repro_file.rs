@@ -71,15 +71,25 @@ pub fn write_to<R: ReproFile>(
     };
     std::fs::create_dir_all(dir).map_err(wrap)?;
     let json = serde_json::to_vec_pretty(r).map_err(|e| wrap(std::io::Error::other(e)))?;
+    write_atomic(&path, &json).map_err(wrap)?;
+    Ok(path)
+}
+
+/// Writes `bytes` to `path` through a hidden temp file in the same directory, renamed
+/// into place: a reader (or a crash, a `kill -9`) sees the old file or the new one,
+/// never a mix. On failure the temp file is removed. The directory must exist.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
     // Same directory as the target, so the rename stays on one file system and is atomic.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(source) = written {
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
         // Best effort: the write error is what the caller needs to hear about.
         let _ = std::fs::remove_file(&tmp);
-        return Err(wrap(source));
     }
-    Ok(path)
+    written
 }
 
 /// The field every kind of reproducer has, whatever else it holds.

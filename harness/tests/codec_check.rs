@@ -217,6 +217,30 @@ fn hjson_codec_passes_10000_cases() {
 }
 
 #[test]
+fn varint_codec_passes_10000_cases() {
+    reference_codec_passes("varint");
+}
+
+#[test]
+fn varint_codec_with_a_two_byte_prefix_max_passes_10000_cases() {
+    // max 200: payloads of 128 and more get a two-byte prefix, so cuts land inside it.
+    let framing: Framing = "varint,max=200".parse().unwrap();
+    let result = runner(10_000).run(&strategy::case(framing, 200), |case| {
+        let v = case.check(|| framing.codec());
+        proptest::prop_assert!(v.is_pass(), "{}", v);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("varint,max=200: {e}");
+    }
+}
+
+#[test]
+fn netstring_codec_passes_10000_cases() {
+    reference_codec_passes("netstring");
+}
+
+#[test]
 fn offset_and_adjust_codec_passes_10000_cases() {
     reference_codec_passes("u16be,offset=3,adjust=-2");
 }

@@ -58,6 +58,7 @@ fn config(addr: SocketAddr) -> CheckConfig {
         target_name: "user".into(),
         case: CaseConfig {
             framing: "u32be".parse().unwrap(),
+            reply_framing: None,
             oracle: Arc::new(Shouted),
             mode: Mode::Pipelined,
             half_close: true,

@@ -243,6 +243,43 @@ fn truncated_large_replies_are_caught() {
     caught(&cmd, "coalesce", &["truncated"]);
 }
 
+/// A varint (protobuf-delimited) receiver that takes the length from one `recv`: a
+/// two-byte prefix cut after its first byte is read as a short length.
+#[test]
+fn varint_length_read_with_one_recv_is_caught() {
+    let cmd = format!("python3 {} {{port}} single_recv_len", zoo("varint.py"));
+    caught_with(
+        &cmd,
+        "boundary",
+        &["corrupted", "truncated", "lost"],
+        &["--framing", "varint"],
+    );
+}
+
+#[test]
+fn correct_varint_python_server_passes() {
+    let cmd = format!("python3 {} {{port}} correct", zoo("varint.py"));
+    passes_with(&cmd, &["--framing", "varint"]);
+}
+
+/// A netstring receiver that parses the length from the front of each chunk it gets.
+#[test]
+fn netstring_length_taken_from_the_front_of_each_chunk_is_caught() {
+    let cmd = format!("node {} {{port}} digits_per_chunk", zoo("netstring.js"));
+    caught_with(
+        &cmd,
+        "boundary",
+        &["corrupted", "truncated", "lost", "hang"],
+        &["--framing", "netstring"],
+    );
+}
+
+#[test]
+fn correct_netstring_node_server_passes() {
+    let cmd = format!("node {} {{port}} correct", zoo("netstring.js"));
+    passes_with(&cmd, &["--framing", "netstring"]);
+}
+
 #[test]
 fn noisy_server_passes_the_differential_oracle_with_its_noise_masked() {
     passes_with(
@@ -323,6 +360,73 @@ fn udp_truncating_receiver_is_caught_and_correct_one_passes() {
             replay.status.code(),
             Some(1),
             "seed {seed}: {}",
+            String::from_utf8_lossy(&replay.stdout)
+        );
+    }
+}
+
+/// `check --framing raw --reply-framing i32le` against the tutorial remote-exec shape
+/// (a raw command read with one `recv`, answered `struct.pack('i', n)` + output): the
+/// server that reads into a 1 KiB buffer is caught on every seed with a reproducer
+/// `replay` confirms; the one whose buffer holds any command passes (a raw message is
+/// one write, never cut, so it is one `recv`).
+#[test]
+fn raw_requests_with_i32le_replies_catch_a_short_recv_buffer_and_pass_a_big_one() {
+    for seed in SEEDS {
+        let seed_s = seed.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let run = |mode: &str, faults: &str| {
+            let cmd = format!("python3 {} {{port}} {mode}", zoo("raw_exec.py"));
+            let out = chopstick(&[
+                "check",
+                "--spawn",
+                &cmd,
+                "--framing",
+                "raw",
+                "--reply-framing",
+                "i32le",
+                "--oracle",
+                "upper",
+                "--seed",
+                &seed_s,
+                "--connections",
+                "4",
+                "--messages",
+                "8",
+                "--max-size",
+                "4KiB",
+                "--liveness",
+                "1",
+                "--reply-timeout",
+                "2",
+                "--shrink-time",
+                "8",
+                "--faults",
+                faults,
+                "--artifacts",
+                dir.path().to_str().unwrap(),
+            ]);
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        let (code, text) = run("correct", "split,boundary,coalesce,disconnect,mixed");
+        assert_eq!(code, Some(0), "false alarm, seed {seed}:\n{text}");
+        assert!(text.contains("20 connections, 0 failures"), "{text}");
+        let (code, text) = run("small_recv", "boundary");
+        assert_eq!(code, Some(1), "not caught, seed {seed}:\n{text}");
+        let repro = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("reproducer: "))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no reproducer, seed {seed}:\n{text}"))
+            .to_string();
+        let replay = chopstick(&["replay", &repro]);
+        assert_eq!(
+            replay.status.code(),
+            Some(1),
+            "replay did not confirm {repro}:\n{}",
             String::from_utf8_lossy(&replay.stdout)
         );
     }

@@ -54,6 +54,15 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 pub struct CaseConfig {
     #[serde(with = "framing_string")]
     pub framing: Framing,
+    /// The replies' framing when it is not `framing`'s (`--reply-framing`). With a
+    /// `raw` request side every message goes in one write, never cut, split or merged
+    /// ([`Plan::whole_frames`]), and empty messages (nothing to send) are left out.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "reply_framing_string"
+    )]
+    pub reply_framing: Option<Framing>,
     /// How requests are made and replies judged; stored in files by its registry name
     /// and settings ([`crate::oracle::serde_form`]).
     #[serde(with = "crate::oracle::serde_form")]
@@ -87,6 +96,24 @@ mod framing_string {
     }
 }
 
+mod reply_framing_string {
+    use chopstick_targets::wire::Framing;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &Option<Framing>, s: S) -> Result<S::Ok, S::Error> {
+        match f {
+            Some(f) => s.serialize_str(&f.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Framing>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// One connection's worth of test: its messages and the plan for the request stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Case {
@@ -113,7 +140,17 @@ impl CaseConfig {
 
     /// The messages connection `conn` sends, made from the workload's payloads.
     pub fn messages(&self, workload: &Workload, seed: u64, conn: u64) -> Vec<Bytes> {
-        self.oracle.messages(workload.messages(seed, conn), conn)
+        let mut messages = self.oracle.messages(workload.messages(seed, conn), conn);
+        if self.framing.is_raw() {
+            // An empty raw message is no bytes at all: nothing a server could answer.
+            messages.retain(|m| !m.is_empty());
+        }
+        messages
+    }
+
+    /// How replies are framed: `reply_framing`, or else `framing`.
+    pub fn reply_framing(&self) -> &Framing {
+        self.reply_framing.as_ref().unwrap_or(&self.framing)
     }
 
     /// How a case's connection takes turns when `due` replies are due.
@@ -142,11 +179,19 @@ pub fn draw_case(
 ) -> Case {
     let messages = config.messages(workload, seed, conn);
     let plan = match config.encode(conn, &messages) {
-        Ok((stream, layouts)) => faults.plan(
-            stream.len(),
-            &layouts,
-            &mut conn_rng(seed, conn, Direction::Up),
-        ),
+        Ok((stream, layouts)) => {
+            let plan = faults.plan(
+                stream.len(),
+                &layouts,
+                &mut conn_rng(seed, conn, Direction::Up),
+            );
+            if config.framing.is_raw() {
+                let ends: Vec<usize> = layouts.iter().map(|l| l.end).collect();
+                plan.whole_frames(&ends)
+            } else {
+                plan
+            }
+        }
         Err(_) => Plan::default(),
     };
     Case {
@@ -237,7 +282,7 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
     };
     let driven = drive::drive(
         sock,
-        oracle.reply_codec(&config.framing),
+        oracle.reply_codec(config.reply_framing()),
         stream,
         &layouts,
         &case.plan,
@@ -350,7 +395,7 @@ async fn unfaulted(target: &Target, config: &CaseConfig, conn: u64, messages: &[
     };
     drive::drive(
         sock,
-        config.oracle.reply_codec(&config.framing),
+        config.oracle.reply_codec(config.reply_framing()),
         stream,
         &layouts,
         &plan,
@@ -394,7 +439,7 @@ async fn read_back(
     };
     let d = drive::drive(
         sock,
-        config.oracle.reply_codec(&config.framing),
+        config.oracle.reply_codec(config.reply_framing()),
         stream,
         &layouts,
         &plan,
@@ -442,7 +487,7 @@ pub async fn liveness(
                 };
                 let d = drive::drive(
                     sock,
-                    config.oracle.reply_codec(&config.framing),
+                    config.oracle.reply_codec(config.reply_framing()),
                     stream.clone(),
                     &layouts,
                     &plan,

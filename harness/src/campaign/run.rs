@@ -271,6 +271,7 @@ pub struct Started {
 pub fn case_config(framing: Framing, oracle: Arc<dyn Oracle>) -> CaseConfig {
     CaseConfig {
         framing,
+        reply_framing: None,
         oracle,
         mode: Mode::Pipelined,
         half_close: true,

@@ -48,6 +48,46 @@ impl Plan {
         Plan { steps }
     }
 
+    /// This plan for a stream whose messages must each arrive in one piece (`raw`
+    /// framing, frames ending at `ends`): one write per frame, each of the plan's
+    /// pauses before the frame it fell in, and an ending moved back to the last frame end before it, so
+    /// no message is ever split, merged with the next, or cut.
+    pub fn whole_frames(&self, ends: &[usize]) -> Plan {
+        let mut out = Vec::new();
+        let (mut at, mut sent, mut pause) = (0usize, 0usize, 0u64);
+        let mut emit = |upto: usize, out: &mut Vec<Step>, pause: &mut u64| {
+            // Each turn sends one frame ending at or before `upto`.
+            for &end in ends {
+                if end <= sent || end > upto {
+                    continue;
+                }
+                if *pause > 0 {
+                    out.push(Step::Pause(std::mem::take(pause)));
+                }
+                out.push(Step::Write(end - sent));
+                sent = end;
+            }
+        };
+        for step in &self.steps {
+            match *step {
+                Step::Write(n) => {
+                    at += n;
+                    emit(at, &mut out, &mut pause);
+                }
+                Step::Pause(us) => pause += us,
+                Step::Close | Step::Reset => {
+                    emit(at, &mut out, &mut pause);
+                    out.push(*step);
+                    return Plan::new(out);
+                }
+                Step::Read(_) | Step::Stall(_) => out.push(*step),
+            }
+        }
+        // A short plan is topped up by the executor; here the rest goes frame by frame.
+        emit(usize::MAX, &mut out, &mut pause);
+        Plan::new(out)
+    }
+
     /// The whole stream in one write: no fault at all.
     pub fn passthrough(len: usize) -> Plan {
         Plan::new(if len == 0 {
@@ -160,6 +200,21 @@ impl FromStr for Plan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_frames_never_cuts_or_merges_a_frame_and_keeps_pauses_between_them() {
+        let plan: super::Plan = "w1 p5 w4 w2 p7 w3 close".parse().unwrap();
+        // Frames end at 3, 6 and 10: the cut at 10 is a boundary, so all three go; a
+        // pause inside a frame delays that whole frame.
+        let whole = plan.whole_frames(&[3, 6, 10]);
+        assert_eq!(whole.to_string(), "p5 w3 w3 p7 w4 close");
+        // Cut at 5, inside the second frame: it is moved back to the end of the first.
+        let cut: super::Plan = "w5 reset".parse().unwrap();
+        assert_eq!(cut.whole_frames(&[3, 6]).to_string(), "w3 reset");
+        // A plan that stops early: the rest still goes one frame per write.
+        let short: super::Plan = "w1".parse().unwrap();
+        assert_eq!(short.whole_frames(&[2, 4]).to_string(), "w2 w2");
+    }
+
     use super::*;
 
     #[test]

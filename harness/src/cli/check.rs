@@ -44,6 +44,11 @@ pub struct CheckArgs {
     /// Framing spec of requests and replies.
     #[arg(long, default_value = "u32be")]
     framing: Framing,
+    /// Framing of the replies when it differs from --framing's (e.g. `--framing raw
+    /// --reply-framing i32le`). A `raw` side runs ping-pong, one message per write,
+    /// never cut inside.
+    #[arg(long)]
+    reply_framing: Option<Framing>,
     /// How replies are judged: echo, upper (ASCII a-z upper-cased), differential
     /// (equal to an unfaulted run's replies), exec or file (chopstick's own servers).
     /// (with --udp: echo, upper or time).
@@ -155,6 +160,7 @@ impl CampaignArgs {
                 ..Timing::default()
             },
             liveness: secs(self.liveness, "liveness")?,
+            reply_framing: None,
         })
     }
 
@@ -183,6 +189,15 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         anyhow::ensure!(args.client.is_none(), "--udp does not take --client");
         return check_udp(&args, seed).await;
     }
+    let reply_framing = args.reply_framing.unwrap_or(args.framing);
+    if args.framing.is_raw() && reply_framing.is_raw() {
+        // Unframed both ways, nothing tells one message from the next and every fault
+        // would be a false alarm; `raw` is for one side of a request/reply pair.
+        anyhow::bail!(
+            "--framing raw has no message boundaries to check; it is only valid as one \
+             side of a request/reply pair (`--framing raw --reply-framing i32le`)"
+        );
+    }
     let oracle: Arc<dyn Oracle> = match (args.oracle.as_str(), args.unordered) {
         (_, false) => chopstick::oracle::parse(&args.oracle)?,
         ("differential", true) => Arc::new(Differential { unordered: true }),
@@ -198,7 +213,15 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     let config = CheckConfig {
         target,
         target_name,
-        case: c.case_config(args.framing, oracle)?,
+        case: {
+            let mut case = c.case_config(args.framing, oracle)?;
+            case.reply_framing = args.reply_framing.filter(|r| *r != args.framing);
+            if args.framing.is_raw() || reply_framing.is_raw() {
+                // A raw side tells messages apart only by turns: one reply per request.
+                case.mode = Mode::PingPong;
+            }
+            case
+        },
         workload: Workload {
             connections: c.connections,
             messages: c.messages,

@@ -2,15 +2,17 @@
 //! it passes on; loopback upstreams only.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use chopstick::proxy::FaultDirection;
+use chopstick::traffic::{RecordConfig, Recorder, FLUSH_INTERVAL};
 use chopstick_targets::server;
 use chopstick_targets::wire::Framing;
 use clap::Args;
 
-use super::{secs, shutdown_signal};
+use super::{secs, shutdown_signal, size_arg};
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
@@ -55,11 +57,25 @@ pub struct ProxyArgs {
     /// exposing it must be a deliberate choice.
     #[arg(long)]
     allow_remote: bool,
+    /// Record every connection's request and reply frames into this traffic file
+    /// (needs --framing; written every 2 s and at exit; see README "Real traffic").
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Bound on the recording (roughly its file size); later frames are left out and
+    /// the file says `"truncated": true`.
+    #[arg(long, value_parser = size_arg, default_value = "64MiB")]
+    record_max: usize,
+    /// Framing of the server's replies, when it is not --framing's (for --record).
+    #[arg(long)]
+    reply_framing: Option<Framing>,
 }
 
 pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("chopstick proxy: seed {seed}");
+    if args.udp && args.record.is_some() {
+        bail!("--record records TCP connections; it does not work with --udp");
+    }
     let upstream = match (args.api, args.upstream) {
         (Some(api), _) => return serve_api(api, args.config.as_deref(), seed).await,
         (None, Some(upstream)) => upstream,
@@ -102,8 +118,52 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     // `coalesce` can only merge frames the relay holds back (its `hold_ms`).
     config.hold = chopstick::proxy::Hold::for_faults(&config.faults);
     let shutdown = shutdown_signal();
+    let Some(path) = args.record else {
+        println!("listening on {}", listener.local_addr()?);
+        chopstick::proxy::run(listener, config, shutdown).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(framing) = args.framing else {
+        bail!("--record needs --framing: frames are what a recording holds");
+    };
+    let recorder = Recorder::create(RecordConfig {
+        path: path.clone(),
+        framing,
+        reply_framing: args.reply_framing.unwrap_or(framing),
+        max_bytes: args.record_max,
+        upstream: upstream.to_string(),
+    })?;
+    config.recorder = Some(recorder.clone());
     println!("listening on {}", listener.local_addr()?);
-    chopstick::proxy::run(listener, config, shutdown).await?;
+    eprintln!("recording to {}", path.display());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let flusher = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            recorder
+                .flush_every(FLUSH_INTERVAL, async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let ran = chopstick::proxy::run(listener, config, shutdown).await;
+    let _ = stop.send(());
+    let _ = flusher.await;
+    // The last write happens whatever the relay's fate: it holds the frames so far.
+    recorder.finish()?;
+    let file = recorder.snapshot();
+    eprintln!(
+        "recorded {} connection(s) to {}{}",
+        file.connections.len(),
+        path.display(),
+        if file.truncated {
+            " (truncated at --record-max)"
+        } else {
+            ""
+        }
+    );
+    ran?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -45,6 +45,11 @@ fn header_len(framing: &Framing) -> usize {
         Framing::Length(l) => l.header_len(),
         Framing::Line { .. } => 1,
         Framing::Hjson { .. } => 4 + r#"{"size":0}"#.len(),
+        // Where a varint prefix grows to two bytes: the size one-`recv` readers miss.
+        Framing::Varint { .. } => 128,
+        // Where the netstring length grows to two digits.
+        Framing::Netstring { .. } => 10,
+        Framing::Raw { .. } => 1,
     }
 }
 

@@ -55,6 +55,10 @@
 //! Tests and in-process campaigns use [`ProxyHandle::spawn`] and read
 //! [`ProxyConfig::counters`] (accepted/active connections, bytes each way).
 //!
+//! With [`ProxyConfig::recorder`] every connection is also recorded
+//! ([`crate::traffic`]): each piece read from a peer is shown to the connection's
+//! [`ConnRecorder`] before it is relayed, and each direction's ending after it.
+//!
 //! Logs (`tracing`): each connection's number, peer and seed at info when accepted, a
 //! plan summary per direction at info when it ends, every plan at debug.
 
@@ -80,6 +84,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chaos::tcp::{drain_unsent, ExecError, ExecOptions, PlanWriter};
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
+use crate::traffic::{ConnRecorder, Recorder};
 use chopstick_targets::server::TaskHandle;
 use chopstick_targets::wire::{FrameLayout, FrameScanner, Framing, StreamFrame};
 
@@ -274,6 +279,8 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Shared with whoever reads the counters; clone it before `run`.
     pub counters: Arc<ProxyCounters>,
+    /// Records every connection's frames (`--record`); flushing is the owner's job.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 impl ProxyConfig {
@@ -297,6 +304,7 @@ impl ProxyConfig {
             max_conns: 1024,
             shutdown_grace: Duration::from_secs(2),
             counters: Arc::default(),
+            recorder: None,
         }
     }
 
@@ -543,6 +551,20 @@ enum DirEnd {
 }
 
 impl DirEnd {
+    /// Its name in a recording.
+    fn label(self) -> &'static str {
+        match self {
+            DirEnd::Eof => "eof",
+            DirEnd::Fault(Ending::Close) => "fault_close",
+            DirEnd::Fault(Ending::Reset) => "fault_reset",
+            DirEnd::SourceReset => "reset",
+            DirEnd::DestGone => "dest_gone",
+            DirEnd::Stalled => "stalled",
+            DirEnd::Idle => "idle",
+            DirEnd::BadPlan => "bad_plan",
+        }
+    }
+
     /// How the whole connection must end, if this end decides it.
     fn teardown(self) -> Option<Ending> {
         match self {
@@ -594,12 +616,20 @@ struct Conn<'a> {
     started: Instant,
     /// Milliseconds since `started` at the last byte read in either direction.
     last_activity_ms: AtomicU64,
+    recorder: Option<ConnRecorder>,
 }
 
 impl Conn<'_> {
     fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Shows bytes just read from `dir`'s source to the recorder, if recording.
+    fn record(&self, dir: Direction, bytes: &[u8]) {
+        if let Some(r) = &self.recorder {
+            r.read(dir, bytes);
+        }
     }
 
     fn idle_for(&self) -> Duration {
@@ -639,6 +669,7 @@ async fn serve_conn(client: TcpStream, peer: SocketAddr, conn: u64, config: &Pro
         id: conn,
         started: Instant::now(),
         last_activity_ms: AtomicU64::new(0),
+        recorder: config.recorder.as_ref().map(|r| r.open(conn, peer)),
     };
     let mut up_stats = DirStats::default();
     let mut down_stats = DirStats::default();
@@ -663,6 +694,14 @@ async fn serve_conn(client: TcpStream, peer: SocketAddr, conn: u64, config: &Pro
             }
         }
     };
+    // A direction cut short by the other's ending never returned: say so.
+    if let Some(r) = &state.recorder {
+        for (dir, stats) in [(Direction::Up, &up_stats), (Direction::Down, &down_stats)] {
+            if stats.end.is_none() {
+                r.ended(dir, "torn_down");
+            }
+        }
+    }
     match teardown {
         None => {}
         Some(Ending::Close) => {
@@ -795,6 +834,9 @@ async fn relay(
 ) -> DirEnd {
     let end = relay_inner(src, dst, conn, dir, stats).await;
     stats.end = Some(end);
+    if let Some(r) = &conn.recorder {
+        r.ended(dir, end.label());
+    }
     end
 }
 
@@ -829,6 +871,7 @@ async fn relay_inner(
         let forced = match got {
             Got::Data(n) => {
                 conn.touch();
+                conn.record(dir, &held[held.len() - n..]);
                 chaos.scan(&held[held.len() - n..], conn.id, dir);
                 let now = tokio::time::Instant::now();
                 let first = *held_since.get_or_insert(now);

@@ -77,6 +77,7 @@ pub(super) async fn pump(
                 Ok(0) => ended = Some(SourceEnd::Eof),
                 Ok(n) => {
                     conn.touch();
+                    conn.record(dir, &buf[buf.len() - n..]);
                     size.filled(n == room);
                     read_at = Instant::now();
                     moved = true;

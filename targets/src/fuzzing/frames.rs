@@ -25,15 +25,30 @@ pub const FUZZ_MAX: usize = 64 * 1024;
 /// its length prefix, the largest offset and length field, and slack.
 const RESERVE_SLACK: usize = MAX_HEADER + 4 + 64 + 8 + 64;
 
-const KINDS: [&str; 11] = [
-    "u32be", "u8", "u16be", "u16le", "u32le", "u64be", "u64le", "i32le", "i32be", "line", "hjson",
+/// The framing kinds [`SpecInput::kind`] indexes (new kinds go at the end, so that
+/// committed inputs keep their meaning). `raw` is left out: it has no boundaries to
+/// check, and a text spec naming it gets only [`check_raw`].
+pub const KINDS: [&str; 13] = [
+    "u32be",
+    "u8",
+    "u16be",
+    "u16le",
+    "u32le",
+    "u64be",
+    "u64le",
+    "i32le",
+    "i32be",
+    "line",
+    "hjson",
+    "varint",
+    "netstring",
 ];
 
 /// A framing spec built from a few fields, or (flag `0x80`) taken as text from the first
 /// line of the input's tail, so the spec parser is fuzzed too.
 #[derive(Arbitrary, Debug, Clone, Default)]
 pub struct SpecInput {
-    /// Index into the kinds (`u32be`, `u8`, ..., `line`, `hjson`).
+    /// Index into [`KINDS`] (`u32be`, `u8`, ..., `line`, `hjson`, `varint`, `netstring`).
     pub kind: u8,
     /// Bit 0: add `offset=`, bit 1: `adjust=`, bit 2: `max=`, bit 7: text spec.
     pub flags: u8,
@@ -108,6 +123,10 @@ pub fn frame_decode(input: FrameDecodeInput) {
     );
     let framing = framing.with_max(FUZZ_MAX);
     let max = framing.max();
+    if framing.is_raw() {
+        check_raw(framing, data, &input.chunks);
+        return;
+    }
 
     #[cfg(feature = "planted-bugs")]
     if super::planted::chosen().is_some() {
@@ -126,6 +145,24 @@ pub fn frame_decode(input: FrameDecodeInput) {
     if whole.end.is_ok() && !matches!(framing, Framing::Hjson { .. }) {
         check_reencodes(framing, data, &whole.frames);
     }
+}
+
+/// `raw`: whatever the chunking, the messages are the bytes in order, none over `max`,
+/// and the stream always ends cleanly.
+fn check_raw(framing: Framing, data: &[u8], chunks: &[u8]) {
+    let max = framing.max();
+    if max == 0 {
+        return;
+    }
+    let split = decode_chunked(
+        framing.codec(),
+        data,
+        &chunk_sizes(chunks, data.len()),
+        max,
+        Bytes::len,
+    );
+    assert_eq!(split.end, Ok(()), "raw never fails");
+    assert_eq!(split.frames.concat(), data, "raw lost or reordered bytes");
 }
 
 /// [`HjsonCodec`] itself, whose frames carry the header too.
@@ -440,11 +477,51 @@ pub(crate) fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "frame_decode",
             "text-spec",
             frame_seed(
-                text_spec,
+                text_spec.clone(),
                 ones,
                 7,
                 b"u16be,offset=1,adjust=2,max=1KiB\n\x00\x00\x01abc",
             ),
+        ),
+        (
+            "frame_decode",
+            "varint-two-byte-prefix",
+            frame_seed(spec("varint"), mixed, 2, &{
+                let mut b = vec![0x80, 0x01];
+                b.extend_from_slice(&[b'v'; 128]);
+                b.extend_from_slice(b"\x03abc\x00");
+                b
+            }),
+        ),
+        (
+            "frame_decode",
+            "varint-over-max-and-overlong",
+            frame_seed(
+                SpecInput {
+                    kind: kind("varint"),
+                    flags: 4,
+                    max: 200,
+                    ..SpecInput::default()
+                },
+                ones,
+                1,
+                b"\x02hi\x85\x00",
+            ),
+        ),
+        (
+            "frame_decode",
+            "netstring-frames",
+            frame_seed(spec("netstring"), mixed, 5, b"5:hello,0:,12:hello world!,"),
+        ),
+        (
+            "frame_decode",
+            "netstring-missing-comma",
+            frame_seed(spec("netstring"), ones, 3, b"3:abc;05:x,"),
+        ),
+        (
+            "frame_decode",
+            "raw-text-spec",
+            frame_seed(text_spec, mixed, 0, b"raw,max=3\nls -l /tmp"),
         ),
         (
             "hjson_decode",

@@ -24,7 +24,9 @@ mod session;
 pub use arbitrary;
 use arbitrary::{Arbitrary, Unstructured};
 
-pub use frames::{frame_decode, hjson_decode, FrameDecodeInput, HjsonDecodeInput, SpecInput};
+pub use frames::{
+    frame_decode, hjson_decode, FrameDecodeInput, HjsonDecodeInput, SpecInput, KINDS,
+};
 pub use requests::{exec_request, file_request, ExecRequestInput, FileRequestInput};
 pub use session::{auth_handshake, server_session, AuthHandshakeInput, ServerSessionInput};
 

@@ -8,7 +8,7 @@ use std::io;
 pub enum SpecError {
     #[error("empty framing spec")]
     Empty,
-    #[error("unknown framing `{0}` (expected u8, u16be, u16le, u32be, u32le, u64be, u64le, i32le, i32be, line or hjson)")]
+    #[error("unknown framing `{0}` (expected u8, u16be, u16le, u32be, u32le, u64be, u64le, i32le, i32be, varint, netstring, line, hjson or raw)")]
     UnknownKind(String),
     #[error("modifier `{0}` is not of the form key=value")]
     MalformedModifier(String),
@@ -61,6 +61,12 @@ pub enum WireError {
     HeaderTooLarge { len: u64, max: usize },
     #[error("bad header: {0}")]
     BadHeader(String),
+    /// A varint or netstring length that is not well formed (see their modules).
+    #[error("malformed length: {0}")]
+    MalformedLength(&'static str),
+    /// A netstring payload followed by something other than its `,`.
+    #[error("frame not terminated: expected `,` after the payload, found byte 0x{found:02x}")]
+    MissingTerminator { found: u8 },
 }
 
 impl WireError {
@@ -77,6 +83,8 @@ impl WireError {
             WireError::NewlineInPayload | WireError::TooShortForAdjust { .. } => "bad_payload",
             WireError::HeaderTooLarge { .. } => "too_large",
             WireError::BadHeader(_) => "bad_header",
+            WireError::MalformedLength(_) => "malformed_length",
+            WireError::MissingTerminator { .. } => "bad_trailer",
         }
     }
 }

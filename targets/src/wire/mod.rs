@@ -1,7 +1,7 @@
 //! Wire formats: framing specs, codecs, and the byte layout of every encoded frame.
 //!
-//! A framing is named by a short spec string (`u32be`, `i32le,max=1MiB`, `line`,
-//! `hjson`; see [`Framing`]). [`Framing::codec`] builds a [`FrameCodec`] that implements
+//! A framing is named by a short spec string (`u32be`, `i32le,max=1MiB`, `varint`,
+//! `netstring`, `line`, `hjson`, `raw`; see [`Framing`]). [`Framing::codec`] builds a [`FrameCodec`] that implements
 //! tokio-util's `Decoder`/`Encoder` for byte payloads; [`Framing::encode`] also returns
 //! each frame's [`FrameLayout`] so the chaos engine can cut inside length fields,
 //! headers and bodies.
@@ -9,14 +9,24 @@
 //! Every decoder here follows the tokio-util contract: `Ok(None)` = need more bytes,
 //! `Err` = the stream is corrupt. Two rules on top: a declared length above `max` is
 //! rejected before anything is reserved for it, and EOF anywhere inside a frame is
-//! [`WireError::Truncated`], never a short frame and never a clean end.
+//! [`WireError::Truncated`], never a short frame and never a clean end. (`raw` has no
+//! frames to be inside of: see `raw.rs`.)
+//!
+//! - `spec.rs`: the spec grammar ([`Framing`], [`LengthSpec`]);
+//! - `length.rs`, `varint.rs`, `netstring.rs`, `line.rs`, `hjson.rs`, `raw.rs`: one
+//!   codec each;
+//! - `scan.rs`: frame boundaries of a relayed stream ([`FrameScanner`]);
+//! - `error.rs`: [`SpecError`], [`WireError`].
 
 mod error;
 mod hjson;
 mod length;
 mod line;
+mod netstring;
+mod raw;
 mod scan;
 mod spec;
+mod varint;
 
 use std::ops::Range;
 
@@ -27,14 +37,18 @@ pub use error::{SpecError, WireError};
 pub use hjson::{HjsonCodec, HjsonFrame, MAX_HEADER};
 pub use length::LengthCodec;
 pub use line::LineCodec;
+pub use netstring::NetstringCodec;
+pub use raw::RawCodec;
 pub use scan::{FrameScanner, StreamFrame, UNKNOWN_OFFSET};
 pub use spec::{parse_size, Endian, Framing, LengthSpec, DEFAULT_MAX};
+pub use varint::{put_varint, varint_len, VarintCodec};
 
 /// Where one encoded frame's parts lie in the byte stream (absolute offsets).
 ///
 /// `start..length_field` is the offset padding (length framings with `offset=`),
-/// `length_field` the length prefix (empty for `line`), `length_field.end..body.start`
-/// the rest of the header (hjson's JSON), `body.end..end` the trailer (`line`'s newline).
+/// `length_field` the length prefix (varint bytes, netstring digits; empty for `line`
+/// and `raw`), `length_field.end..body.start` the rest of the header (hjson's JSON,
+/// netstring's colon), `body.end..end` the trailer (`line`'s newline, netstring's comma).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FrameLayout {
     pub start: usize,
@@ -65,16 +79,20 @@ impl Framing {
             Framing::Length(spec) => FrameCodec::Length(LengthCodec::new(spec)),
             Framing::Line { max } => FrameCodec::Line(LineCodec::new(max)),
             Framing::Hjson { max } => FrameCodec::Hjson(HjsonCodec::new(max)),
+            Framing::Varint { max } => FrameCodec::Varint(VarintCodec::new(max)),
+            Framing::Netstring { max } => FrameCodec::Netstring(NetstringCodec::new(max)),
+            Framing::Raw { max } => FrameCodec::Raw(RawCodec::new(max)),
         }
     }
 
-    /// Width of the length header (1 for `line`'s terminator), so workloads draw
-    /// message sizes around it.
+    /// Width of the length header (1 for `line`'s terminator; for `varint` and
+    /// `netstring` that of a short payload's), so workloads draw message sizes around it.
     pub fn header_width(&self) -> usize {
         match self {
             Framing::Length(l) => l.header_len(),
-            Framing::Line { .. } => 1,
+            Framing::Line { .. } | Framing::Varint { .. } | Framing::Raw { .. } => 1,
             Framing::Hjson { .. } => 4,
+            Framing::Netstring { .. } => 2,
         }
     }
 
@@ -82,14 +100,20 @@ impl Framing {
     /// For hjson the payload is the body, under the header `{"size": N}`.
     pub fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<FrameLayout, WireError> {
         let start = dst.len();
+        let n = payload.len();
         let length_field = match self {
             Framing::Length(l) => start + l.offset..start + l.header_len(),
-            Framing::Line { .. } => start..start,
+            Framing::Line { .. } | Framing::Raw { .. } => start..start,
             Framing::Hjson { .. } => start..start + 4,
+            Framing::Varint { .. } => start..start + varint_len(n as u64),
+            Framing::Netstring { .. } => start..start + netstring::digits(n as u64),
         };
         self.codec().encode(payload, dst)?;
         let end = dst.len();
-        let trailer = usize::from(matches!(self, Framing::Line { .. }));
+        let trailer = usize::from(matches!(
+            self,
+            Framing::Line { .. } | Framing::Netstring { .. }
+        ));
         Ok(FrameLayout {
             start,
             length_field,
@@ -121,6 +145,9 @@ pub enum FrameCodec {
     Length(LengthCodec),
     Line(LineCodec),
     Hjson(HjsonCodec),
+    Varint(VarintCodec),
+    Netstring(NetstringCodec),
+    Raw(RawCodec),
 }
 
 impl Decoder for FrameCodec {
@@ -133,6 +160,9 @@ impl Decoder for FrameCodec {
             FrameCodec::Length(c) => c.decode(src),
             FrameCodec::Line(c) => c.decode(src),
             FrameCodec::Hjson(c) => Ok(c.decode(src)?.map(|f| f.body)),
+            FrameCodec::Varint(c) => c.decode(src),
+            FrameCodec::Netstring(c) => c.decode(src),
+            FrameCodec::Raw(c) => c.decode(src),
         }
     }
 
@@ -141,6 +171,9 @@ impl Decoder for FrameCodec {
             FrameCodec::Length(c) => c.decode_eof(src),
             FrameCodec::Line(c) => c.decode_eof(src),
             FrameCodec::Hjson(c) => Ok(c.decode_eof(src)?.map(|f| f.body)),
+            FrameCodec::Varint(c) => c.decode_eof(src),
+            FrameCodec::Netstring(c) => c.decode_eof(src),
+            FrameCodec::Raw(c) => c.decode_eof(src),
         }
     }
 }
@@ -156,6 +189,9 @@ impl Encoder<&[u8]> for FrameCodec {
                 HjsonFrame::new(serde_json::Value::Null, Bytes::copy_from_slice(payload)),
                 dst,
             ),
+            FrameCodec::Varint(c) => c.encode(payload, dst),
+            FrameCodec::Netstring(c) => c.encode(payload, dst),
+            FrameCodec::Raw(c) => c.encode(payload, dst),
         }
     }
 }

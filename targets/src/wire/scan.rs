@@ -7,16 +7,21 @@
 //! stream piece by piece and reports each frame as a [`StreamFrame`] in absolute stream
 //! offsets (`u64`, so a long-lived connection never overflows). Frames may straddle any
 //! number of pieces; the scanner keeps only the header bytes it still needs (at most
-//! `offset + 8` for length framings, 4 + [`MAX_HEADER`] for hjson, nothing for `line`).
+//! `offset + 8` for length framings, 4 + [`MAX_HEADER`] for hjson, 5 for `varint`, 11
+//! for `netstring`, nothing for `line` and `raw`). `raw` has no boundaries: each piece
+//! fed is taken as one whole frame, as its decoder takes each read.
 //!
 //! The checks are the decoders' (negative length, length over `max`, header too large,
-//! malformed hjson header, over-long line), so a stream the scanner accepts is one the
-//! codec accepts. After an error the scanner stops: a corrupt stream has no boundaries.
+//! malformed hjson header, over-long line, malformed varint or netstring length, a
+//! netstring without its comma), so a stream the scanner accepts is one the codec
+//! accepts. After an error the scanner stops: a corrupt stream has no boundaries.
 
 use std::ops::Range;
 
 use serde_json::Value;
 
+use super::netstring::{self, Header};
+use super::varint::{self, Prefix};
 use super::{FrameLayout, Framing, WireError, MAX_HEADER};
 
 /// Stands for "not known yet" in a [`StreamFrame`] bound (e.g. the body end before the
@@ -65,6 +70,8 @@ impl StreamFrame {
 enum Stage {
     /// Collecting header bytes into `buf` until it holds this many.
     Header(usize),
+    /// `varint`/`netstring`: collecting header bytes one at a time until the length is whole.
+    Prefix,
     /// Skipping body (and trailer) bytes up to the known frame end.
     Body,
     /// `line`: looking for the newline.
@@ -139,6 +146,17 @@ impl FrameScanner {
 
     /// Consumes some of `bytes` (at least one) and returns how many.
     fn step(&mut self, bytes: &[u8], done: &mut Vec<StreamFrame>) -> Result<usize, WireError> {
+        if self.framing.is_raw() {
+            let end = self.pos + bytes.len() as u64;
+            done.push(StreamFrame {
+                start: self.pos,
+                length_field: self.pos..self.pos,
+                body: self.pos..end,
+                end,
+            });
+            self.pos = end;
+            return Ok(bytes.len());
+        }
         let (frame, stage) = match &mut self.open {
             Some(open) => open,
             None => self.open.insert(start_frame(&self.framing, self.pos)),
@@ -148,6 +166,10 @@ impl FrameScanner {
                 let take = (need - self.buf.len()).min(bytes.len());
                 self.buf.extend_from_slice(&bytes[..take]);
                 take
+            }
+            Stage::Prefix => {
+                self.buf.push(bytes[0]);
+                1
             }
             Stage::Body => (frame.end - self.pos).min(bytes.len() as u64) as usize,
             Stage::Line => match bytes.iter().position(|&b| b == b'\n') {
@@ -168,6 +190,37 @@ impl FrameScanner {
                         self.buf.clear();
                     }
                 }
+            }
+            Stage::Prefix => {
+                let max = self.framing.max();
+                let known = match self.framing {
+                    Framing::Varint { .. } => match varint::read_prefix(&self.buf, max)? {
+                        Prefix::Done { header, len } => Some((header, header, len)),
+                        Prefix::Partial => None,
+                    },
+                    _ => match netstring::read_header(&self.buf, max)? {
+                        Header::Done { header, len } => Some((header - 1, header, len)),
+                        Header::Partial => None,
+                    },
+                };
+                if let Some((field, header, len)) = known {
+                    let trailer = u64::from(matches!(self.framing, Framing::Netstring { .. }));
+                    let at = frame.start + header as u64;
+                    frame.length_field = frame.start..frame.start + field as u64;
+                    frame.body = at..at + len as u64;
+                    frame.end = at + len as u64 + trailer;
+                    *stage = Stage::Body;
+                    self.buf.clear();
+                }
+            }
+            Stage::Body
+                if self.pos == frame.end
+                    && matches!(self.framing, Framing::Netstring { .. })
+                    && bytes[taken - 1] != b',' =>
+            {
+                return Err(WireError::MissingTerminator {
+                    found: bytes[taken - 1],
+                });
             }
             Stage::Line => {
                 let newline = bytes[taken - 1] == b'\n';
@@ -225,6 +278,16 @@ fn start_frame(framing: &Framing, start: u64) -> (StreamFrame, Stage) {
             },
             Stage::Header(4),
         ),
+        Framing::Varint { .. } | Framing::Netstring { .. } => (
+            StreamFrame {
+                start,
+                length_field: start..UNKNOWN_OFFSET,
+                body: unknown,
+                end: UNKNOWN_OFFSET,
+            },
+            Stage::Prefix,
+        ),
+        Framing::Raw { .. } => unreachable!("raw pieces are whole frames, never open"),
     }
 }
 
@@ -243,7 +306,10 @@ fn header_done(framing: &Framing, header: &[u8], start: u64) -> Result<HeaderDon
     };
     match framing {
         Framing::Length(spec) => Ok(body_at(spec.payload_len(header)? as u64)),
-        Framing::Line { .. } => unreachable!("line frames have no header stage"),
+        Framing::Line { .. }
+        | Framing::Varint { .. }
+        | Framing::Netstring { .. }
+        | Framing::Raw { .. } => unreachable!("no fixed-size header stage"),
         Framing::Hjson { max } => {
             if header.len() == 4 {
                 let hlen = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
@@ -296,6 +362,8 @@ mod tests {
         "u64be",
         "line",
         "hjson",
+        "varint",
+        "netstring",
     ];
 
     fn payloads() -> Vec<Vec<u8>> {
@@ -373,6 +441,15 @@ mod tests {
             ("hjson", &[0, 0, 0, 0]),
             ("hjson", &[0xff, 0, 0, 0]),
             ("hjson,max=1", b"\0\0\0\x0a{\"size\":2}"),
+            ("varint,max=10", &[11]),
+            ("varint,max=1000", &[0x81, 0x80, 0x00]),
+            ("varint", &[0x85, 0x00]),
+            ("varint", &[0x80, 0x80, 0x80, 0x80, 0x80]),
+            ("netstring,max=10", b"11"),
+            ("netstring", b"05:hello,"),
+            ("netstring", b":"),
+            ("netstring", b"x"),
+            ("netstring", b"2:ab;"),
         ];
         for (spec, bytes) in cases {
             let mut s = FrameScanner::new(spec.parse().unwrap());

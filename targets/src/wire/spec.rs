@@ -1,6 +1,7 @@
 //! Parsing of framing spec strings (`u32be`, `i32le,max=1MiB`, `hjson`, ...).
 //!
-//! Grammar: `KIND[,KEY=VALUE]*` where KIND is a length-field kind, `line` or `hjson`,
+//! Grammar: `KIND[,KEY=VALUE]*` where KIND is a length-field kind, `varint`,
+//! `netstring`, `line`, `hjson` or `raw`,
 //! and KEY is `offset` (bytes before the length field), `adjust` (signed value added to
 //! the length field to get the payload length) or `max` (largest payload; a plain
 //! number or one with a KiB/MiB/GiB suffix). `offset`/`adjust` only apply to length
@@ -129,6 +130,18 @@ pub enum Framing {
     Hjson {
         max: usize,
     },
+    /// Unsigned LEB128 length, then the payload (protobuf delimited streams).
+    Varint {
+        max: usize,
+    },
+    /// `5:hello,`: decimal length, colon, payload, comma.
+    Netstring {
+        max: usize,
+    },
+    /// No framing: one write is one message, never cut inside (see [`super::RawCodec`]).
+    Raw {
+        max: usize,
+    },
 }
 
 impl Default for Framing {
@@ -142,16 +155,30 @@ impl Framing {
     pub fn with_max(mut self, max: usize) -> Framing {
         match &mut self {
             Framing::Length(l) => l.max = l.max.min(max),
-            Framing::Line { max: m } | Framing::Hjson { max: m } => *m = (*m).min(max),
+            Framing::Line { max: m }
+            | Framing::Hjson { max: m }
+            | Framing::Varint { max: m }
+            | Framing::Netstring { max: m }
+            | Framing::Raw { max: m } => *m = (*m).min(max),
         }
         self
+    }
+
+    /// Whether this is `raw`: no boundaries in the bytes, so a message must go in one
+    /// write and must never be cut, split or merged by a fault.
+    pub fn is_raw(&self) -> bool {
+        matches!(self, Framing::Raw { .. })
     }
 
     /// Largest payload (for hjson: body) this framing accepts.
     pub fn max(&self) -> usize {
         match self {
             Framing::Length(l) => l.max,
-            Framing::Line { max } | Framing::Hjson { max } => *max,
+            Framing::Line { max }
+            | Framing::Hjson { max }
+            | Framing::Varint { max }
+            | Framing::Netstring { max }
+            | Framing::Raw { max } => *max,
         }
     }
 }
@@ -208,7 +235,8 @@ impl FromStr for Framing {
             return Err(SpecError::Empty);
         }
         let mut length = length_kind(kind);
-        if length.is_none() && kind != "line" && kind != "hjson" {
+        let others = ["line", "hjson", "varint", "netstring", "raw"];
+        if length.is_none() && !others.contains(&kind) {
             return Err(SpecError::UnknownKind(kind.to_string()));
         }
         let (mut offset, mut adjust, mut max) = (None, None, None);
@@ -287,10 +315,12 @@ impl FromStr for Framing {
             }
             None => {
                 let max = max.map_or(DEFAULT_MAX, |m| m as usize);
-                Ok(if kind == "line" {
-                    Framing::Line { max }
-                } else {
-                    Framing::Hjson { max }
+                Ok(match kind {
+                    "line" => Framing::Line { max },
+                    "hjson" => Framing::Hjson { max },
+                    "varint" => Framing::Varint { max },
+                    "netstring" => Framing::Netstring { max },
+                    _ => Framing::Raw { max },
                 })
             }
         }
@@ -316,6 +346,9 @@ impl fmt::Display for Framing {
             }
             Framing::Line { max } => ("line", *max),
             Framing::Hjson { max } => ("hjson", *max),
+            Framing::Varint { max } => ("varint", *max),
+            Framing::Netstring { max } => ("netstring", *max),
+            Framing::Raw { max } => ("raw", *max),
         };
         f.write_str(kind)?;
         if max != DEFAULT_MAX {
@@ -364,6 +397,15 @@ mod tests {
             "hjson".parse::<Framing>().unwrap(),
             Framing::Hjson { max: DEFAULT_MAX }
         );
+        assert_eq!(
+            "varint".parse::<Framing>().unwrap(),
+            Framing::Varint { max: DEFAULT_MAX }
+        );
+        assert_eq!(
+            "netstring,max=5".parse::<Framing>().unwrap(),
+            Framing::Netstring { max: 5 }
+        );
+        assert!("raw".parse::<Framing>().unwrap().is_raw());
         assert_eq!(Framing::default(), "u32be".parse().unwrap());
     }
 
@@ -394,6 +436,10 @@ mod tests {
             "u16le,offset=3,adjust=-5,max=1000",
             "line,max=10",
             "hjson",
+            "varint",
+            "varint,max=300",
+            "netstring,max=1000",
+            "raw",
             "u64le,max=1",
         ] {
             let f: Framing = spec.parse().unwrap();
@@ -417,6 +463,15 @@ mod tests {
             err("line,offset=1"),
             SpecError::NotApplicable { .. }
         ));
+        assert!(matches!(
+            err("varint,offset=1"),
+            SpecError::NotApplicable { .. }
+        ));
+        assert!(matches!(
+            err("netstring,adjust=1"),
+            SpecError::NotApplicable { .. }
+        ));
+        assert!(matches!(err("varint,max=5GiB"), SpecError::BadValue { .. }));
         assert!(matches!(
             err("hjson,adjust=1"),
             SpecError::NotApplicable { .. }

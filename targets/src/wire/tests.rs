@@ -19,6 +19,8 @@ const SPECS: &[&str] = &[
     "u32le,adjust=-4",
     "line",
     "hjson",
+    "varint",
+    "netstring",
 ];
 
 fn payloads() -> Vec<Vec<u8>> {
@@ -76,8 +78,10 @@ fn layouts_locate_length_field_and_body() {
             );
             let width = match framing {
                 Framing::Length(ls) => ls.width,
-                Framing::Line { .. } => 0,
+                Framing::Line { .. } | Framing::Raw { .. } => 0,
                 Framing::Hjson { .. } => 4,
+                Framing::Varint { .. } => varint_len(msg.len() as u64),
+                Framing::Netstring { .. } => msg.len().to_string().len(),
             };
             assert_eq!(l.length_field.len(), width, "{spec}");
             expected_start = l.end;
@@ -190,6 +194,8 @@ fn exactly_max_passes_and_max_plus_one_fails_both_ways() {
         "u16le,offset=2,adjust=-2,max=100",
         "line,max=100",
         "hjson,max=100",
+        "varint,max=100",
+        "netstring,max=100",
     ] {
         let framing: Framing = spec.parse().unwrap();
         let ok = vec![b'x'; 100];
@@ -328,4 +334,179 @@ fn hjson_keeps_header_fields_and_sets_size() {
     assert_eq!(got.body, frame.body);
     assert_eq!(got.header["op"], "put");
     assert_eq!(got.header["size"], 3);
+}
+
+#[test]
+fn varint_prefix_is_leb128_low_group_first() {
+    let framing: Framing = "varint".parse().unwrap();
+    for (len, prefix) in [
+        (0usize, &[0u8][..]),
+        (1, &[1]),
+        (127, &[0x7f]),
+        (128, &[0x80, 0x01]),
+        (300, &[0xac, 0x02]),
+        (16_384, &[0x80, 0x80, 0x01]),
+    ] {
+        let (stream, layouts) = framing.encode_all(&[vec![b'x'; len]]).unwrap();
+        assert_eq!(&stream[..prefix.len()], prefix, "{len}");
+        assert_eq!(layouts[0].length_field, 0..prefix.len());
+        assert_eq!(layouts[0].body, prefix.len()..prefix.len() + len);
+    }
+}
+
+#[test]
+fn varint_refuses_an_announced_length_over_max_from_the_first_byte_that_says_so() {
+    let mut codec = "varint,max=1000".parse::<Framing>().unwrap().codec();
+    // 0xff = 127 so far and more to come: could still be <= 1000, so wait.
+    let mut buf = BytesMut::from(&[0xff][..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    // 127 + 127 * 128 > 1000: refused before the prefix is even complete.
+    buf.extend_from_slice(&[0x7f]);
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(WireError::FrameTooLarge { max: 1000, .. })
+    ));
+    // A 10-byte varint for 2^63 is refused without any reservation.
+    let mut codec = "varint".parse::<Framing>().unwrap().codec();
+    let mut buf = BytesMut::with_capacity(16);
+    buf.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    assert!(codec.decode(&mut buf).is_err());
+    assert!(buf.capacity() < 1024);
+}
+
+#[test]
+fn varint_zero_padding_and_endless_continuation_are_malformed() {
+    for bytes in [&[0x85, 0x00][..], &[0x80; 12][..]] {
+        let mut codec = "varint".parse::<Framing>().unwrap().codec();
+        let mut buf = BytesMut::from(bytes);
+        assert!(
+            matches!(codec.decode(&mut buf), Err(WireError::MalformedLength(_))),
+            "{bytes:x?}"
+        );
+    }
+}
+
+#[test]
+fn netstring_is_djbs_format() {
+    let framing: Framing = "netstring".parse().unwrap();
+    let (stream, layouts) = framing.encode_all(&[&b"hello"[..], b""]).unwrap();
+    assert_eq!(&stream[..], b"5:hello,0:,");
+    assert_eq!(
+        layouts[0],
+        FrameLayout {
+            start: 0,
+            length_field: 0..1,
+            body: 2..7,
+            end: 8
+        }
+    );
+    assert_eq!(
+        decode_chunked(&framing, b"12:hello world!,", 1).unwrap(),
+        vec![Bytes::from_static(b"hello world!")]
+    );
+}
+
+#[test]
+fn netstring_bad_headers_and_trailers_are_typed() {
+    for (bytes, kind) in [
+        (&b"05:hello,"[..], "malformed_length"),
+        (b":x,", "malformed_length"),
+        (b"-1:x,", "malformed_length"),
+        (b" 1:x,", "malformed_length"),
+        (b"1:xy", "bad_trailer"),
+        (b"99999999999", "too_large"),
+    ] {
+        let mut codec = "netstring".parse::<Framing>().unwrap().codec();
+        let mut buf = BytesMut::from(bytes);
+        let e = codec.decode(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), kind, "{}: {e}", String::from_utf8_lossy(bytes));
+    }
+    // Over max is refused at the digit that passes it, before the colon.
+    let mut codec = "netstring,max=99".parse::<Framing>().unwrap().codec();
+    let mut buf = BytesMut::from(&b"10"[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    buf.extend_from_slice(b"0");
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(WireError::FrameTooLarge { len: 100, max: 99 })
+    ));
+}
+
+#[test]
+fn raw_takes_what_is_there_as_one_message_and_ends_cleanly() {
+    let framing: Framing = "raw,max=4".parse().unwrap();
+    let mut codec = framing.codec();
+    let mut buf = BytesMut::from(&b"ls -l"[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), &b"ls -"[..]);
+    assert_eq!(codec.decode_eof(&mut buf).unwrap().unwrap(), &b"l"[..]);
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    let (stream, layouts) = framing.encode_all(&[b"ab"]).unwrap();
+    assert_eq!(&stream[..], b"ab");
+    assert_eq!(layouts[0].body, 0..2);
+    assert!(layouts[0].length_field.is_empty());
+}
+
+mod round_trips {
+    //! proptest: any payloads, any chunking, through the new variable-length framings.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn framings() -> impl Strategy<Value = Framing> {
+        prop_oneof![
+            Just("varint".parse::<Framing>().unwrap()),
+            Just("varint,max=200".parse().unwrap()),
+            Just("netstring".parse().unwrap()),
+            Just("netstring,max=200".parse().unwrap()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_gives_the_payloads_back_whatever_the_chunking(
+            framing in framings(),
+            msgs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..400), 0..6),
+            chunk in 1usize..40,
+        ) {
+            let msgs: Vec<Vec<u8>> = msgs.into_iter().filter(|m| m.len() <= framing.max()).collect();
+            let (stream, layouts) = framing.encode_all(&msgs).unwrap();
+            prop_assert_eq!(decode_chunked(&framing, &stream, chunk).unwrap(), msgs.clone());
+            // The scanner finds the encoder's layouts.
+            let mut scanner = FrameScanner::new(framing);
+            let mut found = Vec::new();
+            for piece in stream.chunks(chunk) {
+                scanner.feed(piece, &mut found).unwrap();
+            }
+            prop_assert_eq!(found.len(), layouts.len());
+            for (f, l) in found.iter().zip(&layouts) {
+                prop_assert_eq!(f.clip(0..stream.len() as u64).unwrap(), l.clone());
+            }
+            // Cut inside any frame: the frames before it, then Truncated.
+            if !stream.is_empty() {
+                let cut = (chunk * 7919) % stream.len();
+                let at_boundary = cut == 0 || layouts.iter().any(|l| l.end == cut);
+                let got = decode_chunked(&framing, &stream[..cut], chunk);
+                match got {
+                    Ok(frames) => prop_assert!(at_boundary, "cut at {} ended cleanly with {} frames", cut, frames.len()),
+                    Err(WireError::Truncated { .. }) => prop_assert!(!at_boundary),
+                    Err(e) => prop_assert!(false, "cut at {}: {}", cut, e),
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_decode_to_more_than_max(
+            framing in framings(),
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let max = framing.max().min(200);
+            let framing = framing.with_max(max);
+            if let Ok(frames) = decode_chunked(&framing, &bytes, 3) {
+                prop_assert!(frames.iter().all(|f| f.len() <= max));
+                // A stream that decodes cleanly re-encodes to itself.
+                let (again, _) = framing.encode_all(&frames).unwrap();
+                prop_assert_eq!(&again[..], &bytes[..]);
+            }
+        }
+    }
 }
