@@ -8,11 +8,15 @@
 //! - [`repro`]: reproducer files and `chopstick replay`.
 //! - [`protocol`]: how exec, file and auth messages become requests and replies.
 //! - [`run`]: `chopstick run`, every reference server in-process under every fault.
+//! - [`check`]: `chopstick check`'s loop over profiles, shared with `run`.
+//! - [`preflight`]: one unfaulted round trip before any fault, and its diagnosis.
+//! - [`payload`]: messages as they appear in reproducers.
 
 pub mod check;
 pub mod drive;
 pub mod judge;
 pub mod payload;
+pub mod preflight;
 pub mod protocol;
 pub mod repro;
 pub mod run;
