@@ -133,6 +133,9 @@ pub struct CheckConfig {
     pub budget: Option<Duration>,
     /// Run only this slice of each profile's connections.
     pub shard: Option<Shard>,
+    /// Also run the [`hostile`](super::hostile) cases, as a last row (not sharded:
+    /// shard 1 runs them).
+    pub hostile: bool,
 }
 
 /// Progress callback: called after every connection.
@@ -225,6 +228,10 @@ pub async fn check(
                 break;
             }
             let row = drive_profile(&mut target, &drive, profile, progress, report).await;
+            report.rows.push(row);
+        }
+        if config.hostile && !stop.is_stopped() && config.shard.is_none_or(|s| s.index == 0) {
+            let row = super::hostile::hostile_profile(&mut target, &drive, progress, report).await;
             report.rows.push(row);
         }
     };

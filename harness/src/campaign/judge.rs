@@ -213,15 +213,35 @@ pub fn judge(expected: &[Bytes], seen: &Seen, must_finish: bool) -> Option<Failu
             _ => None,
         })
         .collect();
-    // The first stretch of disagreement: from the first non-match to the next match.
-    let first = steps.iter().position(|s| !matches!(s, Step::Match { .. }));
-    if let Some(start) = first {
-        let stretch: Vec<Step> = steps[start..]
+    // Stretches of disagreement, a missing tail aside (the end of the stream judges it).
+    let mut stretches = Vec::new();
+    let mut at = 0;
+    while at < steps.len() {
+        if matches!(steps[at], Step::Match { .. }) {
+            at += 1;
+            continue;
+        }
+        let len = steps[at..]
             .iter()
             .take_while(|s| !matches!(s, Step::Match { .. }))
-            .copied()
-            .collect();
-        let at_tail = start + stretch.len() == steps.len();
+            .count();
+        let tail = at + len == steps.len();
+        let only_missing = steps[at..at + len]
+            .iter()
+            .all(|s| matches!(s, Step::Missing(_)));
+        if !(tail && only_missing) {
+            stretches.push(at..at + len);
+        }
+        at += len;
+    }
+    if stretches.len() > 1 {
+        // One gap does not explain the replies: the stream is garbled (a receiver that
+        // lost a frame boundary), so name the first reply that is wrong where it stands.
+        if let Some(f) = judge_by_position(expected, &seen.replies) {
+            return Some(f);
+        }
+    } else if let Some(range) = stretches.first() {
+        let stretch = &steps[range.clone()];
         let m = stretch.iter().find_map(|s| match s {
             Step::Missing(e) => Some(*e),
             _ => None,
@@ -230,7 +250,7 @@ pub fn judge(expected: &[Bytes], seen: &Seen, must_finish: bool) -> Option<Failu
             Step::Extra(j) => Some(*j),
             _ => None,
         });
-        if let Some(f) = name_stretch(expected, &seen.replies, m, x, &missing, &extra, at_tail) {
+        if let Some(f) = name_stretch(expected, &seen.replies, m, x, &missing, &extra, false) {
             return Some(f);
         }
     }
@@ -259,6 +279,67 @@ pub fn judge(expected: &[Bytes], seen: &Seen, must_finish: bool) -> Option<Failu
                 ),
             ));
         }
+    }
+    None
+}
+
+/// Names the first reply that differs from the one due at its position (for replies
+/// no single gap explains). A repeat counts as duplicated only when the payload came
+/// more often than it was asked for.
+fn judge_by_position(expected: &[Bytes], seen: &[Bytes]) -> Option<Failure> {
+    let count = |v: &[Bytes], b: &Bytes| v.iter().filter(|o| *o == b).count();
+    for (i, got) in seen.iter().enumerate() {
+        let Some(want) = expected.get(i) else {
+            return Some(Failure::new(
+                FailureClass::Phantom,
+                None,
+                format!(
+                    "reply #{i} {} answers no complete request ({} were due)",
+                    preview(got),
+                    expected.len()
+                ),
+            ));
+        };
+        if got == want {
+            continue;
+        }
+        let (class, detail) = if got.len() < want.len() && want.starts_with(got) {
+            (
+                FailureClass::Truncated,
+                format!("reply #{i} has {} of {} bytes", got.len(), want.len()),
+            )
+        } else if i > 0 && *got == expected[i - 1] && count(seen, got) > count(expected, got) {
+            (
+                FailureClass::Duplicated,
+                format!("reply #{i} repeats reply #{}", i - 1),
+            )
+        } else if let Some(j) = expected[i + 1..].iter().position(|e| e == got) {
+            if expected[..i].contains(&expected[i + 1 + j]) || seen[i + 1..].contains(want) {
+                (
+                    FailureClass::Reordered,
+                    format!("reply #{i} is the reply due for #{}", i + 1 + j),
+                )
+            } else {
+                (
+                    FailureClass::Lost,
+                    format!(
+                        "no reply to message #{i} {}; next reply answers #{}",
+                        preview(want),
+                        i + 1 + j
+                    ),
+                )
+            }
+        } else {
+            (
+                FailureClass::Corrupted,
+                format!(
+                    "reply #{i}: expected {}, got {}",
+                    preview(want),
+                    preview(got)
+                ),
+            )
+        };
+        return Some(Failure::new(class, Some(i), detail));
     }
     None
 }
@@ -448,6 +529,20 @@ mod tests {
         assert_eq!(
             class(&["a", "", "a", "b"], &["a", "a"], End::Timeout),
             Some(FailureClass::Lost)
+        );
+    }
+
+    #[test]
+    fn a_garbled_stream_is_named_where_it_first_goes_wrong() {
+        // A receiver that lost a frame boundary: an empty reply where a long one was
+        // due, then garbage. No single gap explains it, so it is not "lost".
+        assert_eq!(
+            class(
+                &["aaaa", "", "bbbb", "", "cccc", "dddd"],
+                &["aaaa", "", "", "xbbb"],
+                End::Eof
+            ),
+            Some(FailureClass::Truncated)
         );
     }
 

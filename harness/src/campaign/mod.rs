@@ -10,10 +10,12 @@
 //! - [`run`]: `chopstick run`, every reference server in-process under every fault.
 //! - [`check`]: `chopstick check`'s loop over profiles, shared with `run`.
 //! - [`preflight`]: one unfaulted round trip before any fault, and its diagnosis.
+//! - [`hostile`]: over-max, negative and cut headers, garbage after a frame.
 //! - [`payload`]: messages as they appear in reproducers.
 
 pub mod check;
 pub mod drive;
+pub mod hostile;
 pub mod judge;
 pub mod payload;
 pub mod preflight;

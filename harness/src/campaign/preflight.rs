@@ -37,6 +37,10 @@ const CANDIDATES: &[&str] = &[
 /// The diagnosis of a server that is not a long-running server.
 const ONE_AND_DONE: &str = "the server served one connection and then stopped (exited or \
      stopped accepting): chopstick needs a server that keeps accepting connections";
+/// The same, after "or it": a spawned server's first connection is chopstick's
+/// start-up check.
+const ONE_AND_DONE_SHORT: &str = "served one connection (chopstick's start-up check) and then \
+     stopped: chopstick needs a server that keeps accepting connections";
 /// Connection indexes of the two pre-flight cases: outside any workload's range.
 const PREFLIGHT_CONN: u64 = u64::MAX - 2;
 
@@ -105,11 +109,11 @@ pub async fn preflight(
             failure.detail
         );
         let diagnosis = match failure.class {
-            FailureClass::ServerDied if n == 0 && !answered => {
-                "the server exited during its first, unfaulted connection: it is not a \
-                 long-running server, or it crashes on this framing"
-                    .to_string()
-            }
+            FailureClass::ServerDied if n == 0 && !answered => format!(
+                "the server exited before answering its first unfaulted frame: it crashes \
+                 on this framing, or it {}",
+                ONE_AND_DONE_SHORT
+            ),
             FailureClass::ServerDied | FailureClass::Refused | FailureClass::Hang
                 if n == 1 || answered =>
             {
@@ -120,12 +124,26 @@ pub async fn preflight(
                 format!("{ONE_AND_DONE} (its first was chopstick's start-up check)")
             }
             FailureClass::Refused => "the server refuses connections".to_string(),
-            _ if n == 1 => format!(
-                "a {PROBE_LEN}-byte frame round-tripped but a {big}-byte one did not: the \
-                 server's length field may be narrower (a 16-bit one ends at 65535: try \
-                 --framing u16be) or its largest frame smaller (try --max-size below it)",
-                PROBE_LEN = PROBE.len()
-            ),
+            // The large frame failed: a bug of the server's own (a one-read receiver,
+            // a reply cap) is the campaign's to find and shrink; only a reply that is
+            // whole frames of a narrower length field is a misconfiguration.
+            _ if n == 1 => {
+                let stream = config
+                    .encode(conn, &case.messages)
+                    .map(|(s, _)| s)
+                    .unwrap_or_default();
+                let sample = sample(target, config, &stream).await;
+                match narrower(&config.framing, &sample.bytes) {
+                    Some(spec) => format!(
+                        "a {}-byte frame round-tripped but a {big}-byte one did not, and the \
+                         replies are whole `{spec}` frames ({}): the server's length field is \
+                         narrower (try --framing {spec})",
+                        PROBE.len(),
+                        show_bytes(&sample.bytes)
+                    ),
+                    None => continue,
+                }
+            }
             _ => {
                 let stream = config
                     .encode(conn, &case.messages)
@@ -149,11 +167,22 @@ pub struct Sample {
 }
 
 async fn sample(target: &mut Target, config: &CaseConfig, stream: &[u8]) -> Sample {
+    raw_exchange(target.addr, config, stream).await
+}
+
+/// Writes `stream` in one go on a fresh connection (half-closing after it if the
+/// config says so) and keeps the raw bytes that come back: for a diagnosis, and for
+/// `replay` to show what a reply that does not decode looks like.
+pub async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    config: &CaseConfig,
+    stream: &[u8],
+) -> Sample {
     let mut out = Sample {
         bytes: Vec::new(),
         closed: false,
     };
-    let Ok(mut sock) = drive::connect(target.addr, &config.timing).await else {
+    let Ok(mut sock) = drive::connect(addr, &config.timing).await else {
         out.closed = true;
         return out;
     };
@@ -201,6 +230,22 @@ fn decodes_whole(framing: &Framing, bytes: &[u8]) -> Option<Vec<Bytes>> {
         }
     }
     (buf.is_empty() && !out.is_empty()).then_some(out)
+}
+
+/// A framing with a narrower length field in which `bytes` are whole frames while they
+/// are not in `framing`.
+fn narrower(framing: &Framing, bytes: &[u8]) -> Option<&'static str> {
+    if decodes_whole(framing, bytes).is_some() {
+        return None;
+    }
+    let width = framing.header_width();
+    CANDIDATES.iter().copied().find(|spec| {
+        spec.parse::<Framing>().is_ok_and(|other| {
+            matches!(other, Framing::Length(_))
+                && other.header_width() < width
+                && decodes_whole(&other, bytes).is_some()
+        })
+    })
 }
 
 /// Hex of the first bytes, and the same as text where printable.

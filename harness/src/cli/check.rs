@@ -72,7 +72,9 @@ pub struct CampaignArgs {
     /// Fault profiles, one report row each, comma-separated; `+` combines faults in one
     /// profile, `:k=v` sets options (e.g. `split:max=8,disconnect:mode=reset+split`).
     /// Default: split,boundary,coalesce,disconnect,mixed (with --udp: one combined
-    /// datagram fault list, default loss, dup, reorder and delay).
+    /// datagram fault list, default loss, dup, reorder and delay). `hostile` adds a row
+    /// of frames no client should send (a length above max, a negative one, a header
+    /// then FIN, garbage after a frame): the server must close or answer, and live on.
     #[arg(long)]
     faults: Option<String>,
     /// Master seed (default: random, printed). The same seed gives the same run.
@@ -175,6 +177,24 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         (None, None) => unreachable!("clap requires one of --connect/--spawn"),
     };
     let target_name = target.display_name();
+    // `hostile` is not a plan over the workload but cases of its own.
+    let (hostile, profiles) = match c.faults.as_deref() {
+        Some(list) => {
+            let hostile_name = chopstick::campaign::hostile::NAME;
+            let rest: Vec<&str> = list
+                .split(',')
+                .filter(|p| p.trim() != hostile_name)
+                .collect();
+            let hostile = rest.len() < list.split(',').count();
+            let profiles = if rest.is_empty() {
+                Vec::new()
+            } else {
+                chopstick::campaign::run::parse_profiles(&rest.join(","))?
+            };
+            (hostile, profiles)
+        }
+        None => (false, c.profiles()?),
+    };
     let config = CheckConfig {
         target,
         target_name,
@@ -185,7 +205,7 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
             max_size: c.max_size.min(args.framing.max()),
             header_width: args.framing.header_width(),
         },
-        profiles: c.profiles()?,
+        profiles,
         seed,
         artifacts: Some(c.artifacts.clone()),
         shrink: !c.no_shrink,
@@ -194,6 +214,7 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         fail_fast: args.fail_fast,
         budget: args.budget.map(|b| secs(b, "budget")).transpose()?,
         shard: args.shard,
+        hostile,
     };
     let mut report = Report::new(seed);
     let stop = Stop::new();
