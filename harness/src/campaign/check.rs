@@ -188,6 +188,15 @@ pub async fn check(
     config: &CheckConfig,
     progress: &mut dyn Progress,
     report: &mut Report,
+) -> Result<(), CheckError> {
+    check_until(config, progress, report, &Stop::new()).await
+}
+
+/// [`check`] that also ends when `stop` is stopped (a signal, a caller's deadline).
+pub async fn check_until(
+    config: &CheckConfig,
+    progress: &mut dyn Progress,
+    report: &mut Report,
     stop: &Stop,
 ) -> Result<(), CheckError> {
     let mut target = Target::start(&config.target).await?;

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::check::{Drive, Progress, Stop};
 use super::preflight::{show_bytes, PROBE};
-use super::{drive, liveness, CaseConfig, Failure, FailureClass, Target};
+use super::{liveness, CaseConfig, Failure, FailureClass, Target};
 use crate::report::{FailureRecord, Report, Row};
 
 /// The profile name that selects these cases.
@@ -103,7 +103,8 @@ pub fn cases(framing: &Framing) -> Vec<HostileCase> {
 /// Sends one case; `Err` if the server kept the connection open past the reply
 /// timeout without a word.
 async fn send(target: &Target, config: &CaseConfig, case: &HostileCase) -> Result<(), Failure> {
-    let mut sock = drive::connect(target.addr, &config.timing)
+    let mut sock = target
+        .connect(config.timing.connect)
         .await
         .map_err(|e| Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}")))?;
     // Writing may fail once the server has refused: that is a close, which is fine.
@@ -165,7 +166,7 @@ pub async fn hostile_profile(
         row.bytes += case.bytes.len() as u64;
         let mut failure = send(live, drive.case, case).await.err();
         if failure.is_none() {
-            failure = liveness(live, drive.case).await.err().map(|mut f| {
+            failure = liveness(live, drive.case, &[]).await.err().map(|mut f| {
                 f.detail = format!("hostile `{}`: {}", case.name, f.detail);
                 f
             });

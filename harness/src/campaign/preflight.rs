@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
 use super::payload::preview;
-use super::{drive, run_case, Case, CaseConfig, FailureClass, OracleKind, Target};
+use super::{run_case, Case, CaseConfig, FailureClass, Target};
 use crate::chaos::Plan;
 
 /// The payload of the pre-flight request: lowercase letters so `upper` shows, a space
@@ -41,6 +41,9 @@ const ONE_AND_DONE: &str = "the server served one connection and then stopped (e
 /// start-up check.
 const ONE_AND_DONE_SHORT: &str = "served one connection (chopstick's start-up check) and then \
      stopped: chopstick needs a server that keeps accepting connections";
+/// Oracles whose requests are the framing's plain payloads: the pre-flight's probe
+/// means the same to them as to the server.
+const PLAIN_ORACLES: &[&str] = &["echo", "upper", "differential"];
 /// Connection indexes of the two pre-flight cases: outside any workload's range.
 const PREFLIGHT_CONN: u64 = u64::MAX - 2;
 
@@ -67,10 +70,7 @@ pub async fn preflight(
     config: &CaseConfig,
     largest: usize,
 ) -> Result<(), PreflightError> {
-    if !matches!(
-        config.oracle,
-        OracleKind::Echo | OracleKind::Upper | OracleKind::Differential
-    ) {
+    if !PLAIN_ORACLES.contains(&config.oracle.name()) {
         return Ok(());
     }
     let big = largest.min(BIG_PROBE).min(config.framing.max());
@@ -167,14 +167,14 @@ pub struct Sample {
 }
 
 async fn sample(target: &mut Target, config: &CaseConfig, stream: &[u8]) -> Sample {
-    raw_exchange(target.addr, config, stream).await
+    raw_exchange(target, config, stream).await
 }
 
 /// Writes `stream` in one go on a fresh connection (half-closing after it if the
 /// config says so) and keeps the raw bytes that come back: for a diagnosis, and for
 /// `replay` to show what a reply that does not decode looks like.
 pub async fn raw_exchange(
-    addr: std::net::SocketAddr,
+    target: &Target,
     config: &CaseConfig,
     stream: &[u8],
 ) -> Sample {
@@ -182,7 +182,7 @@ pub async fn raw_exchange(
         bytes: Vec::new(),
         closed: false,
     };
-    let Ok(mut sock) = drive::connect(addr, &config.timing).await else {
+    let Ok(mut sock) = target.connect(config.timing.connect).await else {
         out.closed = true;
         return out;
     };
@@ -299,7 +299,7 @@ pub fn diagnose(config: &CaseConfig, request: &[u8], sample: &Sample) -> String 
     let got = show_bytes(&sample.bytes);
     if let Some(payloads) = decodes_whole(framing, &sample.bytes) {
         let first = &payloads[0];
-        if first.as_ref() == upper.as_slice() && config.oracle != OracleKind::Upper {
+        if first.as_ref() == upper.as_slice() && config.oracle.name() != "upper" {
             return format!(
                 "replies decode as `{framing}` but are the request upper-cased: the oracle \
                  is wrong (try --oracle upper)"
@@ -391,7 +391,7 @@ mod tests {
     fn config(framing: &str) -> CaseConfig {
         CaseConfig {
             framing: framing.parse().unwrap(),
-            oracle: OracleKind::Echo,
+            oracle: crate::oracle::parse("echo").unwrap(),
             mode: Mode::Pipelined,
             half_close: true,
             timing: Timing::default(),

@@ -144,7 +144,7 @@ pub async fn replay(
     let raw = match config.encode(case.conn, &case.messages) {
         Ok((stream, _)) if malformed => {
             let sent = case.plan.bytes_written().min(stream.len());
-            Some(super::preflight::raw_exchange(target.addr, &config, &stream[..sent]).await)
+            Some(super::preflight::raw_exchange(&target, &config, &stream[..sent]).await)
         }
         _ => None,
     };
