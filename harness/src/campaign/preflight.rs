@@ -173,11 +173,7 @@ async fn sample(target: &mut Target, config: &CaseConfig, stream: &[u8]) -> Samp
 /// Writes `stream` in one go on a fresh connection (half-closing after it if the
 /// config says so) and keeps the raw bytes that come back: for a diagnosis, and for
 /// `replay` to show what a reply that does not decode looks like.
-pub async fn raw_exchange(
-    target: &Target,
-    config: &CaseConfig,
-    stream: &[u8],
-) -> Sample {
+pub async fn raw_exchange(target: &Target, config: &CaseConfig, stream: &[u8]) -> Sample {
     let mut out = Sample {
         bytes: Vec::new(),
         closed: false,
