@@ -132,7 +132,7 @@ pub async fn preflight(
                     .encode(conn, &case.messages)
                     .map(|(s, _)| s)
                     .unwrap_or_default();
-                let sample = sample(target, config, &stream).await;
+                let sample = sample(target, config, &stream, case.messages.len()).await;
                 match narrower(&config.framing, &sample.bytes) {
                     Some(spec) => format!(
                         "a {}-byte frame round-tripped but a {big}-byte one did not, and the \
@@ -149,8 +149,12 @@ pub async fn preflight(
                     .encode(conn, &case.messages)
                     .map(|(s, _)| s)
                     .unwrap_or_default();
-                let sample = sample(target, config, &stream).await;
-                diagnose(config, &stream, &sample)
+                let sample = sample(target, config, &stream, case.messages.len()).await;
+                if sample.refused && target.is_spawned() {
+                    format!("{ONE_AND_DONE} (its first was chopstick's start-up check)")
+                } else {
+                    diagnose(config, &stream, &sample)
+                }
             }
         };
         return Err(PreflightError { what, diagnosis });
@@ -164,25 +168,38 @@ pub struct Sample {
     pub bytes: Vec<u8>,
     /// The server closed (or reset) the connection; false = it went quiet.
     pub closed: bool,
+    /// The connection could not even be opened.
+    pub refused: bool,
 }
 
-async fn sample(target: &mut Target, config: &CaseConfig, stream: &[u8]) -> Sample {
-    raw_exchange(target, config, stream).await
+async fn sample(target: &mut Target, config: &CaseConfig, stream: &[u8], due: usize) -> Sample {
+    raw_exchange(target, config, stream, due).await
 }
 
 /// Writes `stream` in one go on a fresh connection (half-closing after it if the
 /// config says so) and keeps the raw bytes that come back: for a diagnosis, and for
 /// `replay` to show what a reply that does not decode looks like.
-pub async fn raw_exchange(target: &Target, config: &CaseConfig, stream: &[u8]) -> Sample {
+///
+/// Reading stops at a close, at the deadline, or once `due` whole frames of the
+/// configured framing came.
+pub async fn raw_exchange(
+    target: &Target,
+    config: &CaseConfig,
+    stream: &[u8],
+    due: usize,
+) -> Sample {
     let mut out = Sample {
         bytes: Vec::new(),
         closed: false,
+        refused: false,
     };
     let Ok(mut sock) = target.connect(config.timing.connect).await else {
         out.closed = true;
+        out.refused = true;
         return out;
     };
-    let wait = SAMPLE_WAIT.min(config.timing.reply_timeout.max(Duration::from_millis(200)));
+    // At least SAMPLE_WAIT: a busy machine must not cut a diagnosis short.
+    let wait = SAMPLE_WAIT.max(config.timing.reply_timeout);
     if tokio::time::timeout(wait, sock.write_all(stream))
         .await
         .is_err()
@@ -203,7 +220,7 @@ pub async fn raw_exchange(target: &Target, config: &CaseConfig, stream: &[u8]) -
             Ok(Ok(n)) => {
                 out.bytes.extend_from_slice(&buf[..n]);
                 // A quiet spell after some bytes is the end of the reply.
-                if decodes_whole(&config.framing, &out.bytes).is_some() {
+                if decodes_whole(&config.framing, &out.bytes).is_some_and(|f| f.len() >= due) {
                     break;
                 }
             }
@@ -404,6 +421,7 @@ mod tests {
         Sample {
             bytes: bytes.to_vec(),
             closed: true,
+            refused: false,
         }
     }
 
@@ -452,6 +470,7 @@ mod tests {
             &Sample {
                 bytes: vec![],
                 closed: false,
+                refused: false,
             },
         );
         assert!(d.contains("never replied"), "{d}");

@@ -144,7 +144,9 @@ pub async fn replay(
     let raw = match config.encode(case.conn, &case.messages) {
         Ok((stream, _)) if malformed => {
             let sent = case.plan.bytes_written().min(stream.len());
-            Some(super::preflight::raw_exchange(&target, &config, &stream[..sent]).await)
+            Some(
+                super::preflight::raw_exchange(&target, &config, &stream[..sent], usize::MAX).await,
+            )
         }
         _ => None,
     };
