@@ -63,6 +63,10 @@ fn config(addr: SocketAddr, framing: Framing) -> CheckConfig {
         shrink: false,
         shrink_budget: 0,
         shrink_time: chopstick::campaign::shrink::DEFAULT_TIME,
+        fail_fast: false,
+        budget: None,
+        shard: None,
+        hostile: false,
     }
 }
 

@@ -1,8 +1,11 @@
 //! Reports: the terminal summary table, `--json FILE`, `--junit FILE`.
 //!
-//! One [`Row`] per target x fault; one [`FailureRecord`] per failed connection. The
-//! JSON file is this module's types serialised (schema in the README); the JUnit file
-//! has one test case per row, failed when the row has failures.
+//! One [`Row`] per target x fault; one [`FailureRecord`] per failed connection; one
+//! [`Finding`] per root cause: failures whose shrunk cases are the same (class, the
+//! minimal messages' sizes and the plan) are one finding across profiles and seeds,
+//! with one reproducer and a count. The JSON file is this module's types serialised
+//! (schema in the README; fields are only ever added); the JUnit file has one test case
+//! per row, failed when the row has failures.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -63,6 +66,44 @@ pub struct FailureRecord {
     pub offset: Option<usize>,
     pub detail: String,
     pub reproducer: Option<PathBuf>,
+    /// Index into [`Report::findings`]: the root cause this failure belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<usize>,
+}
+
+/// One root cause: every failure whose shrunk case has the same [`Finding::key`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    pub target: String,
+    pub class: FailureClass,
+    /// What makes two failures the same: class, the shrunk messages' sizes and the
+    /// shrunk plan (or, unshrunk, the profile and class).
+    pub key: String,
+    /// Failed connections with this cause.
+    pub count: u64,
+    /// Profiles it showed up in, in order of first occurrence.
+    pub faults: Vec<String>,
+    /// Seeds it showed up in.
+    pub seeds: Vec<u64>,
+    /// The first occurrence: profile, seed, connection, byte offset.
+    pub fault: String,
+    pub seed: u64,
+    pub conn: u64,
+    pub offset: Option<usize>,
+    pub detail: String,
+    pub reproducer: Option<PathBuf>,
+}
+
+impl Finding {
+    /// A finding's key from its shrunk case.
+    pub fn key_of(class: FailureClass, sizes: &[usize], plan: &str) -> String {
+        format!("{class} sizes={sizes:?} plan=[{plan}]")
+    }
+
+    /// The key of a failure that was not shrunk: one per profile and class.
+    pub fn unshrunk_key(class: FailureClass, fault: &str) -> String {
+        format!("{class} fault={fault} unshrunk")
+    }
 }
 
 /// A whole run or check.
@@ -74,6 +115,13 @@ pub struct Report {
     pub failures: Vec<FailureRecord>,
     /// Targets that could not be used at all (exit code 2).
     pub unusable: Vec<String>,
+    /// Root causes, each with its count (see [`Finding`]).
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+    /// Set when the check stopped before its end (`--fail-fast`, `--budget`, a signal):
+    /// what stopped it. The rows say what was covered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl Report {
@@ -83,6 +131,51 @@ impl Report {
             seed,
             ..Report::default()
         }
+    }
+
+    /// Adds `record` to the finding with `key` (a new one if none yet, taking the
+    /// record's reproducer); returns the finding's index and sets `record.finding` and,
+    /// from the finding, `record.reproducer`.
+    pub fn add_failure(&mut self, seed: u64, key: String, mut record: FailureRecord) -> usize {
+        let found = self
+            .findings
+            .iter()
+            .position(|f| f.key == key && f.target == record.target);
+        let i = match found {
+            Some(i) => i,
+            None => {
+                self.findings.push(Finding {
+                    target: record.target.clone(),
+                    class: record.class,
+                    key,
+                    count: 0,
+                    faults: Vec::new(),
+                    seeds: Vec::new(),
+                    fault: record.fault.clone(),
+                    seed,
+                    conn: record.conn,
+                    offset: record.offset,
+                    detail: record.detail.clone(),
+                    reproducer: record.reproducer.clone(),
+                });
+                self.findings.len() - 1
+            }
+        };
+        let f = &mut self.findings[i];
+        f.count += 1;
+        if !f.faults.contains(&record.fault) {
+            f.faults.push(record.fault.clone());
+        }
+        if !f.seeds.contains(&seed) {
+            f.seeds.push(seed);
+        }
+        if f.reproducer.is_none() {
+            f.reproducer = record.reproducer.clone();
+        }
+        record.reproducer = f.reproducer.clone();
+        record.finding = Some(i);
+        self.failures.push(record);
+        i
     }
 
     pub fn total_failures(&self) -> u64 {
@@ -152,16 +245,52 @@ impl Report {
             self.rows.iter().map(|r| r.connections).sum::<u64>(),
             self.total_failures()
         );
-        // One verdict line per (row, class): the first failure names fault and offset.
+        // One line per root cause; failures recorded without one (older reports) get
+        // one line per row and class, as before.
+        for f in &self.findings {
+            let at = f
+                .offset
+                .map(|o| format!(" at byte {o}"))
+                .unwrap_or_default();
+            let seeds = if f.seeds.len() > 1 {
+                format!(", {} seeds", f.seeds.len())
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "FAIL {}/{}: {} x{} in {}{seeds} (first: conn {}{at}): {}",
+                f.target,
+                f.fault,
+                f.class,
+                f.count,
+                f.faults.join(","),
+                f.conn,
+                f.detail
+            );
+            if let Some(p) = &f.reproducer {
+                let _ = writeln!(
+                    out,
+                    "     reproducer: {}  (chopstick replay {})",
+                    p.display(),
+                    p.display()
+                );
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
-        for f in &self.failures {
+        for f in self.failures.iter().filter(|f| f.finding.is_none()) {
             if !seen.insert((f.target.clone(), f.fault.clone(), f.class)) {
                 continue;
             }
             let count = self
                 .failures
                 .iter()
-                .filter(|g| g.target == f.target && g.fault == f.fault && g.class == f.class)
+                .filter(|g| {
+                    g.finding.is_none()
+                        && g.target == f.target
+                        && g.fault == f.fault
+                        && g.class == f.class
+                })
                 .count();
             let at = f
                 .offset
@@ -180,6 +309,9 @@ impl Report {
                     p.display()
                 );
             }
+        }
+        if let Some(why) = &self.stopped {
+            let _ = writeln!(out, "STOPPED: {why}");
         }
         for u in &self.unusable {
             let _ = writeln!(out, "UNUSABLE: {u}");
@@ -249,6 +381,121 @@ impl Report {
     }
 }
 
+/// Why shard reports cannot be merged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeError {
+    #[error("cannot read report {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a chopstick JSON report: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("nothing to merge: give at least one report")]
+    Empty,
+}
+
+impl Report {
+    /// Reads a JSON report written by `--json`.
+    pub fn read_json(path: &Path) -> Result<Report, MergeError> {
+        let bytes = std::fs::read(path).map_err(|source| MergeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| MergeError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Combines shard reports (`--shard K/N` of one campaign, or runs of other seeds)
+    /// into one: rows of the same target and fault add up (connections, messages,
+    /// bytes, failures, classes, seconds; p50/p99 become the worst shard's, since
+    /// percentiles do not add), findings with the same key become one with the counts
+    /// added, failures and unusable targets are kept in order.
+    pub fn merge(reports: Vec<Report>) -> Result<Report, MergeError> {
+        let mut parts = reports.into_iter();
+        let first = parts.next().ok_or(MergeError::Empty)?;
+        let mut out = Report {
+            chopstick: first.chopstick.clone(),
+            seed: first.seed,
+            ..Report::default()
+        };
+        for part in std::iter::once(first).chain(parts) {
+            for row in part.rows {
+                match out
+                    .rows
+                    .iter_mut()
+                    .find(|r| r.target == row.target && r.fault == row.fault)
+                {
+                    Some(r) => {
+                        r.connections += row.connections;
+                        r.messages += row.messages;
+                        r.bytes += row.bytes;
+                        r.failures += row.failures;
+                        for (k, v) in row.classes {
+                            *r.classes.entry(k).or_default() += v;
+                        }
+                        r.seconds += row.seconds;
+                        r.p50_us = r.p50_us.max(row.p50_us);
+                        r.p99_us = r.p99_us.max(row.p99_us);
+                    }
+                    None => out.rows.push(row),
+                }
+            }
+            // Findings first, so failures can point at their merged index.
+            let mut remap = Vec::with_capacity(part.findings.len());
+            for f in part.findings {
+                let i = match out
+                    .findings
+                    .iter()
+                    .position(|g| g.key == f.key && g.target == f.target)
+                {
+                    Some(i) => {
+                        let g = &mut out.findings[i];
+                        g.count += f.count;
+                        for fault in f.faults {
+                            if !g.faults.contains(&fault) {
+                                g.faults.push(fault);
+                            }
+                        }
+                        for seed in f.seeds {
+                            if !g.seeds.contains(&seed) {
+                                g.seeds.push(seed);
+                            }
+                        }
+                        if g.reproducer.is_none() {
+                            g.reproducer = f.reproducer;
+                        }
+                        i
+                    }
+                    None => {
+                        out.findings.push(f);
+                        out.findings.len() - 1
+                    }
+                };
+                remap.push(i);
+            }
+            for mut failure in part.failures {
+                failure.finding = failure.finding.and_then(|i| remap.get(i).copied());
+                out.failures.push(failure);
+            }
+            out.unusable.extend(part.unusable);
+            if let Some(why) = part.stopped {
+                out.stopped = Some(match out.stopped.take() {
+                    Some(before) => format!("{before}; {why}"),
+                    None => why,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn human_bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64),
@@ -291,8 +538,76 @@ mod tests {
             offset: Some(42),
             detail: "no reply to message #2 <&>".into(),
             reproducer: None,
+            finding: None,
         });
         r
+    }
+
+    fn record(fault: &str, class: FailureClass, conn: u64) -> FailureRecord {
+        FailureRecord {
+            target: "srv".into(),
+            fault: fault.into(),
+            class,
+            conn,
+            offset: None,
+            detail: format!("conn {conn}"),
+            reproducer: (conn == 0).then(|| PathBuf::from("first.json")),
+            finding: None,
+        }
+    }
+
+    #[test]
+    fn failures_with_one_shrunk_case_are_one_finding_across_profiles() {
+        let mut r = Report::new(1);
+        let key = Finding::key_of(FailureClass::Lost, &[0], "w4");
+        r.add_failure(1, key.clone(), record("split", FailureClass::Lost, 0));
+        r.add_failure(1, key.clone(), record("boundary", FailureClass::Lost, 3));
+        let other = Finding::key_of(FailureClass::Lost, &[0, 1], "w9");
+        r.add_failure(1, other, record("split", FailureClass::Lost, 5));
+        assert_eq!(r.findings.len(), 2);
+        assert_eq!(r.findings[0].count, 2);
+        assert_eq!(r.findings[0].faults, ["split", "boundary"]);
+        // Every failure of the finding points at its one reproducer.
+        assert_eq!(r.failures[1].reproducer, Some(PathBuf::from("first.json")));
+        assert_eq!(r.failures[1].finding, Some(0));
+        let t = r.table();
+        assert_eq!(t.matches("FAIL ").count(), 2, "{t}");
+        assert!(t.contains("lost x2 in split,boundary"), "{t}");
+    }
+
+    #[test]
+    fn merged_shards_add_up_rows_and_findings() {
+        let shard = |conns: u64, failures: u64, seed: u64| {
+            let mut r = Report::new(seed);
+            let mut row = Row::new("srv", "split");
+            row.connections = conns;
+            row.failures = failures;
+            row.classes.insert("lost".into(), failures);
+            r.rows.push(row);
+            for i in 0..failures {
+                let key = Finding::key_of(FailureClass::Lost, &[0], "w4");
+                r.add_failure(seed, key, record("split", FailureClass::Lost, i));
+            }
+            r
+        };
+        let m = Report::merge(vec![shard(3, 2, 1), shard(4, 1, 2), shard(3, 0, 1)]).unwrap();
+        assert_eq!(m.rows.len(), 1);
+        assert_eq!((m.rows[0].connections, m.rows[0].failures), (10, 3));
+        assert_eq!(m.rows[0].classes["lost"], 3);
+        assert_eq!(m.findings.len(), 1);
+        assert_eq!(
+            (m.findings[0].count, m.findings[0].seeds.clone()),
+            (3, vec![1, 2])
+        );
+        assert!(m.failures.iter().all(|f| f.finding == Some(0)));
+        assert!(matches!(Report::merge(vec![]), Err(MergeError::Empty)));
+    }
+
+    #[test]
+    fn reports_without_findings_still_parse() {
+        let old = r#"{"chopstick":"0.1.0","seed":1,"rows":[],"failures":[],"unusable":[]}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert!(r.findings.is_empty() && r.stopped.is_none());
     }
 
     #[test]

@@ -84,6 +84,10 @@ fn config(addr: SocketAddr) -> CheckConfig {
         shrink: false,
         shrink_budget: 0,
         shrink_time: Duration::ZERO,
+        fail_fast: false,
+        budget: None,
+        shard: None,
+        hostile: false,
     }
 }
 

@@ -431,3 +431,322 @@ fn raw_requests_with_i32le_replies_catch_a_short_recv_buffer_and_pass_a_big_one(
         );
     }
 }
+
+/// `check` against a misconfigured server: exit 2 with a diagnosis from the pre-flight,
+/// before any fault (so no reproducer is written).
+fn misconfigured(mode: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = format!("python3 {} {{port}} {mode}", zoo("misconfig.py"));
+    let mut args = vec![
+        "check",
+        "--spawn",
+        &cmd,
+        "--seed",
+        "1",
+        "--reply-timeout",
+        "1",
+        "--liveness",
+        "1",
+        "--artifacts",
+        dir.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = chopstick(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "`{mode}`:\n{text}");
+    assert!(text.contains("pre-flight"), "`{mode}`:\n{text}");
+    let written = std::fs::read_dir(dir.path()).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "`{mode}`: reproducers written:\n{text}");
+    text
+}
+
+#[test]
+fn a_text_server_is_diagnosed_as_text_lines() {
+    let t = misconfigured("text", &[]);
+    assert!(
+        t.contains("text lines") && t.contains("--framing line"),
+        "{t}"
+    );
+}
+
+#[test]
+fn an_http_server_is_diagnosed_as_http() {
+    let t = misconfigured("http", &[]);
+    assert!(t.contains("HTTP response"), "{t}");
+}
+
+#[test]
+fn replies_in_another_byte_order_are_diagnosed_with_the_framing_to_use() {
+    let t = misconfigured("reply_le", &[]);
+    assert!(t.contains("try --framing u32le"), "{t}");
+}
+
+#[test]
+fn a_reply_wrapping_the_request_header_is_diagnosed_as_a_transformed_header() {
+    let t = misconfigured("wraps", &[]);
+    assert!(t.contains("header included"), "{t}");
+}
+
+#[test]
+fn an_upper_casing_server_checked_with_echo_points_at_the_oracle() {
+    let t = misconfigured("upper", &[]);
+    assert!(t.contains("--oracle upper"), "{t}");
+}
+
+#[test]
+fn a_server_that_serves_one_connection_and_exits_is_diagnosed() {
+    let t = misconfigured("once", &[]);
+    assert!(t.contains("served one connection"), "{t}");
+}
+
+#[test]
+fn a_server_that_never_replies_is_diagnosed_with_other_readings_of_the_header() {
+    let t = misconfigured("silent", &[]);
+    assert!(
+        t.contains("never replied") && t.contains("u32le reads our header"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_server_of_another_width_is_diagnosed() {
+    // The reference echo server with u16be framing, checked as u32be.
+    let exe = env!("CARGO_BIN_EXE_chopstick");
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = format!("{exe} serve echo --listen 127.0.0.1:{{port}} --framing u16be");
+    let out = chopstick(&[
+        "check",
+        "--spawn",
+        &cmd,
+        "--seed",
+        "1",
+        "--reply-timeout",
+        "1",
+        "--liveness",
+        "1",
+        "--artifacts",
+        dir.path().to_str().unwrap(),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--framing u16be"), "{text}");
+}
+
+/// The totals of a report's rows: connections, messages, bytes, failures.
+fn totals(report: &serde_json::Value) -> [u64; 4] {
+    let mut t = [0u64; 4];
+    for row in report["rows"].as_array().unwrap() {
+        for (i, k) in ["connections", "messages", "bytes", "failures"]
+            .iter()
+            .enumerate()
+        {
+            t[i] += row[k].as_u64().unwrap();
+        }
+    }
+    t
+}
+
+#[test]
+fn three_shards_merged_give_the_totals_of_the_unsharded_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = format!("node {} {{port}} drops_empty", zoo("broken.js"));
+    let run = |shard: Option<&str>, name: &str| -> PathBuf {
+        let json = dir.path().join(name);
+        let mut args = vec![
+            "check",
+            "--spawn",
+            &cmd,
+            "--seed",
+            "3",
+            "--connections",
+            "6",
+            "--messages",
+            "6",
+            "--max-size",
+            "4KiB",
+            "--faults",
+            "split,coalesce",
+            "--no-shrink",
+            "--json",
+            json.to_str().unwrap(),
+            "--artifacts",
+            dir.path().to_str().unwrap(),
+        ];
+        if let Some(s) = shard {
+            args.extend_from_slice(&["--shard", s]);
+        }
+        let out = chopstick(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{shard:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        json
+    };
+    let whole = run(None, "whole.json");
+    let shards: Vec<PathBuf> = (1..=3)
+        .map(|k| run(Some(&format!("{k}/3")), &format!("shard{k}.json")))
+        .collect();
+    let merged = dir.path().join("merged.json");
+    let junit = dir.path().join("merged.xml");
+    let mut args = vec!["report", "merge"];
+    let names: Vec<String> = shards.iter().map(|p| p.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    args.extend_from_slice(&[
+        "--json",
+        merged.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let out = chopstick(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let (whole, merged) = (read(&whole), read(&merged));
+    assert_eq!(totals(&whole), totals(&merged));
+    assert!(totals(&whole)[0] == 12 && totals(&whole)[3] > 0, "{whole}");
+    // Each shard ran a third of every profile's connections.
+    for s in &shards {
+        assert_eq!(totals(&read(s))[0], 4, "{}", s.display());
+    }
+    assert!(std::fs::read_to_string(&junit)
+        .unwrap()
+        .contains("<testsuites"));
+}
+
+#[test]
+fn a_check_stopped_by_sigterm_leaves_valid_json_and_junit() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let junit = dir.path().join("report.xml");
+    let cmd = format!("python3 {} {{port}}", zoo("correct.py"));
+    let child = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+        .args([
+            "check",
+            "--spawn",
+            &cmd,
+            "--seed",
+            "1",
+            "--connections",
+            "100000",
+            "--json",
+            json.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+            "--artifacts",
+            dir.path().to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chopstick");
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_secs(4));
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("check did not stop on SIGTERM");
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // No failure was found: nothing can be concluded, exit 2.
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("a JSON report")).unwrap();
+    assert!(
+        report["stopped"].as_str().unwrap().contains("signal"),
+        "{report}"
+    );
+    let xml = std::fs::read_to_string(&junit).expect("a JUnit report");
+    assert!(
+        xml.starts_with("<?xml") && xml.contains("<testsuites"),
+        "{xml}"
+    );
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("invalid JUnit XML ({e}):\n{xml}"),
+        }
+    }
+}
+
+/// `check --faults hostile`: the hostile row's failures, and the exit code.
+fn hostile(cmd: &str) -> (Option<i32>, serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = chopstick(&[
+        "check",
+        "--spawn",
+        cmd,
+        "--seed",
+        "1",
+        "--faults",
+        "hostile",
+        "--reply-timeout",
+        "2",
+        "--liveness",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--artifacts",
+        dir.path().to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (out.status.code(), report, text)
+}
+
+#[test]
+fn a_server_that_trusts_any_length_is_caught_by_hostile_frames() {
+    let cmd = format!("python3 {} {{port}} trusts_length", zoo("broken.py"));
+    let (code, report, text) = hostile(&cmd);
+    assert_eq!(code, Some(1), "{text}");
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{text}");
+    assert_eq!(rows[0]["fault"], "hostile");
+    let failures = report["failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["class"] == "hang" && f["detail"].as_str().unwrap().contains("over-max")),
+        "{text}"
+    );
+}
+
+#[test]
+fn correct_servers_pass_hostile_frames() {
+    for cmd in [
+        format!("python3 {} {{port}}", zoo("correct.py")),
+        format!("node {} {{port}}", zoo("correct.js")),
+    ] {
+        let (code, report, text) = hostile(&cmd);
+        assert_eq!(code, Some(0), "false alarm on `{cmd}`:\n{text}");
+        assert_eq!(report["rows"][0]["connections"], 3, "{text}");
+    }
+}

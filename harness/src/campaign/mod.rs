@@ -11,6 +11,8 @@
 //! - [`repro`]: reproducer files and `chopstick replay`.
 //! - [`check`]: `chopstick check`, one target under each fault profile.
 //! - [`run`]: `chopstick run`, every reference server in-process under every fault.
+//! - [`preflight`]: one unfaulted round trip before any fault, and its diagnosis.
+//! - [`hostile`]: over-max, negative and cut headers, garbage after a frame.
 //! - [`payload`]: byte payloads in files (text or hex) and previews.
 //!
 //! What a request is and what a right reply is belongs to the oracle
@@ -20,8 +22,10 @@
 pub mod check;
 pub mod client;
 pub mod drive;
+pub mod hostile;
 pub mod judge;
 pub mod payload;
+pub mod preflight;
 pub mod process;
 pub mod repro;
 pub mod run;

@@ -106,6 +106,9 @@ pub struct ReplayOutcome {
     pub expected: Vec<bytes::Bytes>,
     pub seen: Vec<bytes::Bytes>,
     pub attempts: usize,
+    /// For a reply stream that did not decode: the raw bytes an unfaulted send of the
+    /// plan's bytes got back (see [`super::preflight::raw_exchange`]).
+    pub raw: Option<super::preflight::Sample>,
 }
 
 /// Least gap between writes on replay: the plan's cuts are kept exactly, and wider gaps
@@ -133,12 +136,26 @@ pub async fn replay(
             break;
         }
     }
-    target.kill().await;
     let (result, attempts) = last.expect("at least one attempt");
+    let malformed = result
+        .failure
+        .as_ref()
+        .is_some_and(|f| f.class == super::FailureClass::MalformedReply);
+    let raw = match config.encode(case.conn, &case.messages) {
+        Ok((stream, _)) if malformed => {
+            let sent = case.plan.bytes_written().min(stream.len());
+            Some(
+                super::preflight::raw_exchange(&target, &config, &stream[..sent], usize::MAX).await,
+            )
+        }
+        _ => None,
+    };
+    target.kill().await;
     Ok(ReplayOutcome {
         failure: result.failure,
         expected: result.expected,
         seen: result.seen.replies,
         attempts,
+        raw,
     })
 }

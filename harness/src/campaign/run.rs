@@ -482,6 +482,9 @@ pub async fn campaign(
             target: &target.repro,
             prepare: &prepare,
         }),
+        stop: None,
+        fail_fast: false,
+        shard: None,
     };
     for profile in profiles {
         let row = drive_profile(&mut live, &drive, profile, progress, report).await;
@@ -557,6 +560,7 @@ async fn run_udp(
             offset: None,
             detail: format!("{}: {}", f.kind, f.detail),
             reproducer: reproducer.clone(),
+            finding: None,
         });
     }
     row.seconds = started.elapsed().as_secs_f64();

@@ -23,6 +23,12 @@ pub const SHRINK_MIN_PAUSE: std::time::Duration = std::time::Duration::from_mill
 /// per run, so the run budget alone does not bound it.
 pub const DEFAULT_TIME: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Longest wait for a reply (and for a fresh connection to be served) while shrinking
+/// a hang. The case is known to hang: a candidate only has to show it still does, not
+/// to prove it over a whole reply timeout. A candidate that would have answered a
+/// little later still fails the same way on replay, which uses the full timeouts.
+pub const HANG_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A plan as events at stream offsets: easier to cut and splice than steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
@@ -135,6 +141,10 @@ pub async fn shrink(
     let started = std::time::Instant::now();
     let mut wide = config.clone();
     wide.timing.min_pause = wide.timing.min_pause.max(SHRINK_MIN_PAUSE);
+    if class == FailureClass::Hang {
+        wide.timing.reply_timeout = wide.timing.reply_timeout.min(HANG_WAIT);
+        wide.liveness = wide.liveness.min(HANG_WAIT);
+    }
     let config = &wide;
     let mut best = (case, first);
     let mut runs = 0;

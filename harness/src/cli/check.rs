@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use chopstick::campaign::check::{CheckConfig, Profile};
+use chopstick::campaign::check::{CheckConfig, Profile, Progress, Shard, Stop};
 use chopstick::campaign::client::ClientOutput;
 use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
 use chopstick::oracle::differential::Differential;
@@ -18,7 +18,7 @@ use chopstick_targets::udp::MAX_UDP_PAYLOAD;
 use chopstick_targets::wire::Framing;
 use clap::{Args, ValueEnum};
 
-use super::{bar, secs, size_arg};
+use super::{bar, secs, shutdown_signal, size_arg};
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["connect", "spawn", "client"])))]
@@ -65,6 +65,17 @@ pub struct CheckArgs {
     /// Datagrams to send (--udp).
     #[arg(long, default_value_t = 200)]
     datagrams: usize,
+    /// Stop at the first confirmed failure (after shrinking it and writing its
+    /// reproducer).
+    #[arg(long)]
+    fail_fast: bool,
+    /// Seconds the whole check may take; the report says what was covered.
+    #[arg(long)]
+    budget: Option<f64>,
+    /// Run a deterministic slice K of N of every profile's connections (K from 1);
+    /// `chopstick report merge` combines the shards' JSON reports.
+    #[arg(long)]
+    shard: Option<Shard>,
     #[command(flatten)]
     campaign: CampaignArgs,
 }
@@ -84,7 +95,9 @@ pub struct CampaignArgs {
     /// Fault profiles, one report row each, comma-separated; `+` combines faults in one
     /// profile, `:k=v` sets options (e.g. `split:max=8,disconnect:mode=reset+split`).
     /// Default: split,boundary,coalesce,disconnect,mixed (with --udp: one combined
-    /// datagram fault list, default loss, dup, reorder and delay).
+    /// datagram fault list, default loss, dup, reorder and delay). `hostile` adds a row
+    /// of frames no client should send (a length above max, a negative one, a header
+    /// then FIN, garbage after a frame): the server must close or answer, and live on.
     #[arg(long)]
     faults: Option<String>,
     /// Master seed (default: random, printed). The same seed gives the same run.
@@ -210,6 +223,24 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         (None, None, None) => unreachable!("clap requires one of --connect/--spawn/--client"),
     };
     let target_name = target.display_name();
+    // `hostile` is not a plan over the workload but cases of its own.
+    let (hostile, profiles) = match c.faults.as_deref() {
+        Some(list) => {
+            let hostile_name = chopstick::campaign::hostile::NAME;
+            let rest: Vec<&str> = list
+                .split(',')
+                .filter(|p| p.trim() != hostile_name)
+                .collect();
+            let hostile = rest.len() < list.split(',').count();
+            let profiles = if rest.is_empty() {
+                Vec::new()
+            } else {
+                chopstick::campaign::run::parse_profiles(&rest.join(","))?
+            };
+            (hostile, profiles)
+        }
+        None => (false, c.profiles()?),
+    };
     let config = CheckConfig {
         target,
         target_name,
@@ -229,18 +260,93 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
             header_width: args.framing.header_width(),
             sessions: None,
         },
-        profiles: c.profiles()?,
+        profiles,
         seed,
         artifacts: Some(c.artifacts.clone()),
         shrink: !c.no_shrink,
         shrink_budget: chopstick::campaign::shrink::DEFAULT_BUDGET,
         shrink_time: secs(c.shrink_time, "shrink-time")?,
+        fail_fast: args.fail_fast,
+        budget: args.budget.map(|b| secs(b, "budget")).transpose()?,
+        shard: args.shard,
+        hostile,
     };
     let mut report = Report::new(seed);
-    if let Err(e) = chopstick::campaign::check::check(&config, &mut bar(), &mut report).await {
+    let stop = Stop::new();
+    let mut progress = progress();
+    let checked = {
+        let checking =
+            chopstick::campaign::check::check_until(&config, &mut *progress, &mut report, &stop);
+        tokio::pin!(checking);
+        tokio::select! {
+            r = &mut checking => r,
+            () = shutdown_signal() => {
+                // Let the check end its connection and keep what it found.
+                stop.stop("interrupted by a signal");
+                checking.await
+            }
+        }
+    };
+    if let Err(e) = checked {
+        eprintln!("chopstick check: target unusable: {e}");
         report.unusable.push(e.to_string());
     }
-    c.finish(&report)
+    let code = c.finish(&report)?;
+    // Interrupted: 1 if failures were found, else 2 (nothing can be concluded).
+    if report.stopped.as_deref() == Some("interrupted by a signal") && report.total_failures() == 0
+    {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(code)
+}
+
+/// Seconds between progress lines when stderr is not a terminal (CI logs).
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The progress bar on a terminal; elsewhere a line every [`LOG_EVERY`].
+fn progress() -> Box<dyn Progress> {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Box::new(bar())
+    } else {
+        Box::new(LogLines {
+            total: 0,
+            done: 0,
+            found: 0,
+            last: std::time::Instant::now(),
+        })
+    }
+}
+
+/// Progress for logs: profile, connections done, failures so far, every few seconds.
+struct LogLines {
+    total: u64,
+    done: u64,
+    /// Findings noted so far.
+    found: u64,
+    last: std::time::Instant,
+}
+
+impl Progress for LogLines {
+    fn start(&mut self, total: u64) {
+        self.total = total;
+        self.last = std::time::Instant::now();
+    }
+
+    fn tick(&mut self, row: &chopstick::report::Row) {
+        self.done += 1;
+        if self.last.elapsed() >= LOG_EVERY {
+            self.last = std::time::Instant::now();
+            eprintln!(
+                "chopstick check: {}/{}: {}/{} connections, {} failures in this profile, {} findings so far",
+                row.target, row.fault, self.done, self.total, row.failures, self.found
+            );
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        self.found += 1;
+        eprintln!("chopstick check: {line}");
+    }
 }
 
 /// `--client`: only oracles that judge the echoes of one connection on their own (no

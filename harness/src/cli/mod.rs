@@ -5,6 +5,7 @@
 //! - [`serve`]: `chopstick serve echo|exec|file|auth|udp`.
 //! - [`check`]: `chopstick check`, any server (TCP or UDP) under faults.
 //! - [`replay`]: `chopstick replay FILE`.
+//! - [`report`]: `chopstick report merge`, shard reports into one.
 //! - [`proxy`]: `chopstick proxy`, a faulting relay.
 //! - [`soak`]: `chopstick soak`, reliability figures.
 //!
@@ -15,6 +16,7 @@
 mod check;
 mod proxy;
 mod replay;
+mod report;
 mod run;
 mod serve;
 mod soak;
@@ -48,6 +50,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Run a reproducer file again: exit 1 while the bug is there, 0 once fixed.
     Replay(replay::ReplayArgs),
+    /// Work with JSON reports: `report merge A.json B.json ...` combines shards.
+    Report(report::ReportArgs),
     /// A relay applying faults to what it passes on, for any client and server
     /// (TCP; with --udp, datagrams). Loopback upstreams only.
     Proxy(proxy::ProxyArgs),
@@ -123,6 +127,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Serve(args) => serve::exec(args).await,
         Command::Check(args) => check::exec(args).await,
         Command::Replay(args) => replay::exec(args).await,
+        Command::Report(args) => report::exec(args).await,
         Command::Proxy(args) => proxy::exec(args).await,
         Command::Soak(args) => soak::exec(args).await,
     }
@@ -172,6 +177,10 @@ impl Progress for Bar {
         self.0.set_prefix(format!("{}/{}", row.target, row.fault));
         self.0.set_message(format!("{} failures", row.failures));
         self.0.inc(1);
+    }
+
+    fn note(&mut self, line: &str) {
+        self.0.println(line);
     }
 
     fn finish(&mut self) {

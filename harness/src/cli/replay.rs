@@ -51,6 +51,16 @@ pub async fn exec(args: ReplayArgs) -> Result<ExitCode> {
     let show = |v: &[bytes::Bytes]| v.iter().map(|b| preview(b)).collect::<Vec<_>>().join(", ");
     println!("expected: [{}]", show(&outcome.expected));
     println!("seen:     [{}]", show(&outcome.seen));
+    if let Some(raw) = &outcome.raw {
+        // The replies did not decode: show the bytes themselves.
+        let what = chopstick::campaign::preflight::looks_like(&raw.bytes)
+            .map(|w| format!("; they look like {w}"))
+            .unwrap_or_default();
+        println!(
+            "raw reply: {}{what}",
+            chopstick::campaign::preflight::show_bytes(&raw.bytes)
+        );
+    }
     match outcome.failure {
         Some(f) => {
             println!(

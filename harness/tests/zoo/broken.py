@@ -9,6 +9,8 @@ Each BUG is a receiver mistake seen in the wild; chopstick must catch every one:
   dies_on_cut         the whole process exits when a peer vanishes mid-frame
   spins_on_eof        busy-loops forever when a peer closes mid-frame (single-threaded: all hang)
   truncates_large     replies with at most 65536 bytes of the payload
+  trusts_length       believes any length: waits for a body of the claimed size (a hostile
+                      header of 4 GiB pins the connection instead of being refused)
 """
 import socket
 import struct
@@ -44,6 +46,17 @@ def serve_conn(conn):
                     return
                 (n,) = struct.unpack(">I", head)
                 body = conn.recv(n) if n else b""  # BUG: may return fewer than n bytes
+            elif BUG == "trusts_length":
+                head = recv_exact(conn, 4)
+                if head is None or len(head) < 4:
+                    return
+                (n,) = struct.unpack(">I", head)
+                body = b""
+                while len(body) < n:  # BUG: no upper bound on n, waits for all of it
+                    chunk = conn.recv(min(n - len(body), 65536))
+                    if not chunk:
+                        return
+                    body += chunk
             else:
                 head = recv_exact(conn, 4)
                 if head is None:
