@@ -10,6 +10,7 @@
 //! - [`repro_file`]: reading and writing reproducer files, TCP and UDP alike.
 //! - [`udp`]: datagram faults, the UDP relay and `check --udp`.
 
+pub mod bench;
 pub mod campaign;
 pub mod chaos;
 pub mod codec;

@@ -130,7 +130,7 @@ pub struct CaseResult {
 
 impl OracleKind {
     /// The replies due for `messages` (not for differential, which needs a baseline run).
-    fn expected(self, messages: &[Bytes]) -> Vec<Bytes> {
+    pub fn expected(self, messages: &[Bytes]) -> Vec<Bytes> {
         match self {
             OracleKind::Upper => messages
                 .iter()
