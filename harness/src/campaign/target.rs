@@ -24,6 +24,22 @@ pub enum TargetSpec {
     Spawn(String),
 }
 
+impl TargetSpec {
+    /// A short name for reports: the address, or the command's words without
+    /// directories or `{port}` (`python3 broken.py single_read_body`).
+    pub fn display_name(&self) -> String {
+        match self {
+            TargetSpec::Connect(addr) => addr.to_string(),
+            TargetSpec::Spawn(cmd) => cmd
+                .split_whitespace()
+                .filter(|w| !w.contains("{port}"))
+                .map(|w| w.rsplit('/').next().unwrap_or(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
 /// Why the target cannot be used at all (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -68,6 +68,16 @@ impl Framing {
         }
     }
 
+    /// Width of the length header (1 for `line`'s terminator), so workloads draw
+    /// message sizes around it.
+    pub fn header_width(&self) -> usize {
+        match self {
+            Framing::Length(l) => l.header_len(),
+            Framing::Line { .. } => 1,
+            Framing::Hjson { .. } => 4,
+        }
+    }
+
     /// Appends one frame carrying `payload` to `dst` and returns where its parts lie.
     /// For hjson the payload is the body, under the header `{"size": N}`.
     pub fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<FrameLayout, WireError> {

@@ -1,0 +1,176 @@
+//! The command line: `Cli` and `Command`, `main`, and what every subcommand shares (the
+//! error printer, signals, the progress bar, flag parsers). One file per subcommand:
+//!
+//! - [`run`]: `chopstick run`, every reference server under every fault.
+//! - [`serve`]: `chopstick serve echo|exec|file|auth|udp`.
+//! - [`check`]: `chopstick check`, any server (TCP or UDP) under faults.
+//! - [`replay`]: `chopstick replay FILE`.
+//! - [`proxy`]: `chopstick proxy`, a faulting relay.
+//! - [`soak`]: `chopstick soak`, reliability figures.
+//!
+//! A handler parses its flags into a library config and calls the library; it decides
+//! nothing a library user would need too. Exit codes: 0 = no failure, 1 = failures
+//! found, 2 = usage error or target unusable.
+
+mod check;
+mod proxy;
+mod replay;
+mod run;
+mod serve;
+mod soak;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chopstick::campaign::check::Progress;
+use chopstick::report::Row;
+use chopstick_targets::wire::parse_size;
+use clap::{Parser, Subcommand};
+
+/// A test harness and fuzzer for framed network protocols: reference servers, seeded
+/// splitting/coalescing/disconnect chaos, oracles, shrunk reproducers.
+#[derive(Parser, Debug)]
+#[command(name = "chopstick", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start every reference server in-process and drive each with every fault; print
+    /// the table. The main job: no arguments needed.
+    Run(run::RunArgs),
+    /// Start a reference server; prints `listening on ADDR` first.
+    Serve(serve::ServeArgs),
+    /// Drive any server (any language) with faults and judge its replies with an oracle.
+    Check(check::CheckArgs),
+    /// Run a reproducer file again: exit 1 while the bug is there, 0 once fixed.
+    Replay(replay::ReplayArgs),
+    /// A relay applying faults to what it passes on, for any client and server
+    /// (TCP; with --udp, datagrams). Loopback upstreams only.
+    Proxy(proxy::ProxyArgs),
+    /// Load, abrupt-disconnect and leak figures for every reference server and the proxy
+    /// (loopback only, bounded; figures in RELIABILITY.md).
+    Soak(soak::SoakArgs),
+}
+
+fn size_arg(s: &str) -> Result<usize, String> {
+    parse_size(s).map(|n| n as usize).map_err(str::to_string)
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("--{what} must be a non-negative number of seconds"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in CI logs or captured stderr.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chopstick: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chopstick: {}", describe(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error and its causes, each said once. The library errors already put their
+/// cause in their own message (`cannot read F: {source}`) and also report it as their
+/// `source()`, so anyhow's `{:#}` would print it twice; contexts added here do not.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::exec(args).await,
+        Command::Serve(args) => serve::exec(args).await,
+        Command::Check(args) => check::exec(args).await,
+        Command::Replay(args) => replay::exec(args).await,
+        Command::Proxy(args) => proxy::exec(args).await,
+        Command::Soak(args) => soak::exec(args).await,
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64) {
+        self.0.set_length(total);
+        self.0.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} conns {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    }
+
+    fn tick(&mut self, row: &Row) {
+        self.0.set_prefix(format!("{}/{}", row.target, row.fault));
+        self.0.set_message(format!("{} failures", row.failures));
+        self.0.inc(1);
+    }
+
+    fn finish(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn bar() -> Bar {
+    Bar(indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::stderr(),
+    ))
+}
