@@ -40,9 +40,13 @@ fn threads_ns(pid: u32) -> io::Result<u64> {
     let mut total = 0u64;
     for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
         let path = entry?.path().join("schedstat");
-        // A thread may exit between the listing and the read: it no longer counts.
-        if let Ok(text) = fs::read_to_string(path) {
-            total += schedstat_ns(&text)?;
+        // A thread may exit between the listing and the read (the read fails or comes
+        // back empty): it no longer counts.
+        if let Some(ns) = fs::read_to_string(path)
+            .ok()
+            .and_then(|t| schedstat_ns(&t).ok())
+        {
+            total += ns;
         }
     }
     Ok(total)

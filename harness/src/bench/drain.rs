@@ -80,14 +80,7 @@ impl DrainProbe {
     pub fn query(&mut self) -> io::Result<ServerSide> {
         let fd = self.fd.as_raw_fd();
         // SAFETY: send/recv on an fd we own, with buffers that live across the calls.
-        let sent = unsafe {
-            libc::send(
-                fd,
-                self.request.as_ptr().cast(),
-                self.request.len(),
-                0,
-            )
-        };
+        let sent = unsafe { libc::send(fd, self.request.as_ptr().cast(), self.request.len(), 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -184,7 +177,13 @@ mod tests {
         let (mut server, _) = listener.accept().unwrap();
         let mut probe =
             DrainProbe::new(client.local_addr().unwrap(), client.peer_addr().unwrap()).unwrap();
-        assert_eq!(probe.query().unwrap(), ServerSide { unread: 0, received: 0 });
+        assert_eq!(
+            probe.query().unwrap(),
+            ServerSide {
+                unread: 0,
+                received: 0
+            }
+        );
         client.write_all(b"hello").unwrap();
         // Bounded: loopback delivers at once, but give the softirq a few tries.
         let mut side = probe.query().unwrap();
@@ -195,10 +194,22 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
             side = probe.query().unwrap();
         }
-        assert_eq!(side, ServerSide { unread: 5, received: 5 });
+        assert_eq!(
+            side,
+            ServerSide {
+                unread: 5,
+                received: 5
+            }
+        );
         let mut buf = [0u8; 5];
         server.read_exact(&mut buf).unwrap();
-        assert_eq!(probe.query().unwrap(), ServerSide { unread: 0, received: 5 });
+        assert_eq!(
+            probe.query().unwrap(),
+            ServerSide {
+                unread: 0,
+                received: 5
+            }
+        );
     }
 
     #[test]

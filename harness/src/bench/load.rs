@@ -397,7 +397,10 @@ impl Writer {
                     self.shared.fail(Failure::new(
                         FailureClass::Lost,
                         None,
-                        format!("connection {}: the server's socket is gone ({e})", self.conn),
+                        format!(
+                            "connection {}: the server's socket is gone ({e})",
+                            self.conn
+                        ),
                     ));
                     return false;
                 }
@@ -434,7 +437,11 @@ fn write_failure(conn: usize, err: &std::io::Error) -> Failure {
     } else {
         FailureClass::Lost
     };
-    Failure::new(class, None, format!("connection {conn}: write failed: {err}"))
+    Failure::new(
+        class,
+        None,
+        format!("connection {conn}: write failed: {err}"),
+    )
 }
 
 struct Reader {
@@ -577,7 +584,10 @@ impl Reader {
         self.shared.fail(Failure::new(
             FailureClass::MalformedReply,
             Some(replies as usize),
-            format!("connection {}: reply #{replies} does not decode: {e}", self.conn),
+            format!(
+                "connection {}: reply #{replies} does not decode: {e}",
+                self.conn
+            ),
         ));
         out
     }
@@ -615,7 +625,11 @@ impl Reader {
             end: End::Timeout,
         };
         let mut f = judge(&expected, &seen, false).unwrap_or_else(|| {
-            Failure::new(FailureClass::Corrupted, None, "reply differs from its request")
+            Failure::new(
+                FailureClass::Corrupted,
+                None,
+                "reply differs from its request",
+            )
         });
         let offset = replies as usize - usize::from(prev.is_some());
         f.message = Some(replies as usize);

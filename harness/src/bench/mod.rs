@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BytesMut, Bytes};
+use bytes::{Bytes, BytesMut};
 use chopstick_targets::wire::{Framing, WireError};
 use rand::RngCore;
 
@@ -90,10 +90,15 @@ impl BenchConfig {
     fn validate(&self) -> Result<(), BenchError> {
         let bad = |s: String| Err(BenchError::Setting(s));
         if !matches!(self.oracle, OracleKind::Echo | OracleKind::Upper) {
-            return Err(BenchError::Oracle(format!("{:?}", self.oracle).to_lowercase()));
+            return Err(BenchError::Oracle(
+                format!("{:?}", self.oracle).to_lowercase(),
+            ));
         }
         if self.connections.is_empty()
-            || self.connections.iter().any(|&c| c == 0 || c > MAX_CONNECTIONS)
+            || self
+                .connections
+                .iter()
+                .any(|&c| c == 0 || c > MAX_CONNECTIONS)
         {
             return bad(format!("--connections: 1..={MAX_CONNECTIONS} each"));
         }

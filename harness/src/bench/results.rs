@@ -245,8 +245,18 @@ impl fmt::Display for BenchReport {
         writeln!(
             f,
             "{:<11} {:>5} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>6}",
-            "profile", "conns", "msgs/s", "±", "MiB/s", "p50 µs", "p99 µs", "p999 µs",
-            "srv s/M", "gen s/M", "vs whole", "srvcpu"
+            "profile",
+            "conns",
+            "msgs/s",
+            "±",
+            "MiB/s",
+            "p50 µs",
+            "p99 µs",
+            "p999 µs",
+            "srv s/M",
+            "gen s/M",
+            "vs whole",
+            "srvcpu"
         )?;
         for r in &self.rows {
             let spread = r
