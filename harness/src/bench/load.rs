@@ -15,7 +15,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -611,11 +611,8 @@ impl Reader {
         }
         expected.push(self.pool.expected[idx].clone());
         seen.push(reply);
-        loop {
-            match self.sent.try_recv() {
-                Ok((i, _)) => expected.push(self.pool.expected[i].clone()),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok((i, _)) = self.sent.try_recv() {
+            expected.push(self.pool.expected[i].clone());
         }
         while let Ok(Some(r)) = codec.decode(buf) {
             seen.push(r);

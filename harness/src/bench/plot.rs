@@ -14,6 +14,9 @@ use super::results::{BenchReport, Row, Stat};
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 760;
 
+/// Which figure of a row a panel shows.
+type Metric = fn(&Row) -> Option<Stat>;
+
 /// Why the plot could not be drawn or written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -50,7 +53,7 @@ pub fn svg(report: &BenchReport) -> Result<String, PlotError> {
         let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
         let (top, bottom) = root.split_vertically(HEIGHT / 2);
-        let panels: [(&DrawingArea<_, _>, &str, fn(&Row) -> Option<Stat>); 2] = [
+        let panels: [(&DrawingArea<_, _>, &str, Metric); 2] = [
             (&top, "messages/s", |r| r.msgs_per_s),
             (&bottom, "p99 reply latency (µs)", |r| r.p99_us),
         ];
