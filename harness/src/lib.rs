@@ -3,6 +3,7 @@
 //!
 //! - [`chaos`]: plans, faults, seeds and `ChaosStream` — how bytes are split, merged and cut.
 //! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
+//! - [`bench`]: `chopstick bench`, throughput and server CPU per fragmentation profile.
 //! - [`campaign`]: drive real servers, judge replies, check liveness, shrink, reproduce.
 //! - [`workload`]: the seeded messages a campaign sends.
 //! - [`proxy`]: `chopstick proxy`, a TCP relay applying plans to either direction.
