@@ -3,6 +3,7 @@
 //!
 //! - [`chaos`]: plans, faults, seeds and `ChaosStream` — how bytes are split, merged and cut.
 //! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
+//! - [`bench`]: `chopstick bench`, throughput and server CPU per fragmentation profile.
 //! - [`campaign`]: drive real servers, judge replies, check liveness, shrink, reproduce.
 //! - [`oracle`]: what a right reply is: the `Oracle` trait, one file per oracle, the registry.
 //! - [`workload`]: the seeded messages a campaign sends.
@@ -12,6 +13,7 @@
 //! - [`repro_file`]: reading and writing reproducer files, TCP and UDP alike.
 //! - [`udp`]: datagram faults, the UDP relay and `check --udp`.
 
+pub mod bench;
 pub mod campaign;
 pub mod chaos;
 pub mod codec;

@@ -219,6 +219,11 @@ impl Target {
         }
     }
 
+    /// The process id of a spawned target (`None` for `--connect`), for CPU sampling.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// Whether chopstick started this target (and so can restart it).
     pub fn is_spawned(&self) -> bool {
         matches!(self.spec, TargetSpec::Spawn(_))

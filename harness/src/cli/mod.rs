@@ -8,11 +8,13 @@
 //! - [`report`]: `chopstick report merge`, shard reports into one.
 //! - [`proxy`]: `chopstick proxy`, a faulting relay.
 //! - [`soak`]: `chopstick soak`, reliability figures.
+//! - [`bench`]: `chopstick bench`, throughput and CPU per fragmentation profile.
 //!
 //! A handler parses its flags into a library config and calls the library; it decides
 //! nothing a library user would need too. Exit codes: 0 = no failure, 1 = failures
 //! found, 2 = usage error or target unusable.
 
+mod bench;
 mod check;
 mod proxy;
 mod replay;
@@ -58,6 +60,9 @@ enum Command {
     /// Load, abrupt-disconnect and leak figures for every reference server and the proxy
     /// (loopback only, bounded; figures in RELIABILITY.md).
     Soak(soak::SoakArgs),
+    /// Throughput, reply latency and server CPU per message under fragmentation
+    /// profiles (whole, coalesced, split and paced pieces), against whole writes.
+    Bench(bench::BenchArgs),
 }
 
 fn size_arg(s: &str) -> Result<usize, String> {
@@ -126,6 +131,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(args) => run::exec(args).await,
         Command::Serve(args) => serve::exec(args).await,
         Command::Check(args) => check::exec(args).await,
+        Command::Bench(args) => bench::exec(args).await,
         Command::Replay(args) => replay::exec(args).await,
         Command::Report(args) => report::exec(args).await,
         Command::Proxy(args) => proxy::exec(args).await,
