@@ -21,3 +21,8 @@ pub mod repro_file;
 pub mod soak;
 pub mod udp;
 pub mod workload;
+
+// The README's Rust examples run as doctests (`cargo test --doc`), so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
