@@ -12,8 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::campaign::FailureClass;
 
+/// Version of the `--json` layout of [`Report`]: raised when a field changes meaning or
+/// goes away (a new field does not raise it).
+pub const REPORT_FORMAT: u32 = 1;
+
 /// One target x fault line of the summary.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Row {
     pub target: String,
     pub fault: String,
@@ -54,9 +59,12 @@ impl Row {
 
 /// One failed connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FailureRecord {
     pub target: String,
     pub fault: String,
+    // A snake_case label (`truncated`, `lost`, ...): see the README's failure classes.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub class: FailureClass,
     pub conn: u64,
     /// Byte offset in the request stream where the blamed message starts, if known.
@@ -67,7 +75,12 @@ pub struct FailureRecord {
 
 /// A whole run or check.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Report {
+    /// The version of this JSON layout (`REPORT_FORMAT`, published as
+    /// `harness/schemas/report.schema.json`); 0 in files written before the field.
+    #[serde(default)]
+    pub format: u32,
     pub chopstick: String,
     pub seed: u64,
     pub rows: Vec<Row>,
@@ -79,6 +92,7 @@ pub struct Report {
 impl Report {
     pub fn new(seed: u64) -> Report {
         Report {
+            format: REPORT_FORMAT,
             chopstick: env!("CARGO_PKG_VERSION").into(),
             seed,
             ..Report::default()

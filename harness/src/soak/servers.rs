@@ -17,6 +17,7 @@ pub const KEY: &[u8] = b"chopstick soak key";
 
 /// What a soak run is pointed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Echo,
