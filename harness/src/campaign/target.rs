@@ -20,7 +20,7 @@ const STARTUP: Duration = Duration::from_secs(15);
 #[serde(rename_all = "snake_case")]
 pub enum TargetSpec {
     Connect(SocketAddr),
-    /// A command line with `{port}`; split on whitespace, single or double quotes group.
+    /// A command line with `{port}`, split into words as a POSIX shell would ([`split_command`]).
     Spawn(String),
 }
 
@@ -73,46 +73,29 @@ pub struct Target {
     pub spec: TargetSpec,
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// The spawned child's process group (its pid), killed with it.
+    pgid: Option<u32>,
     stderr: Arc<Mutex<Vec<u8>>>,
     pub restarts: u32,
 }
 
-/// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
+/// Splits a command line into words as a POSIX shell would ('...', "...", `\` escapes;
+/// `shell_words::join` of the words gives them back). No shell is run.
 pub fn split_command(cmd: &str) -> Result<Vec<String>, BadCommand> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quote = None;
-    let mut in_word = false;
-    for c in cmd.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(BadCommand(format!("unterminated quote in `{cmd}`")));
-    }
-    if in_word {
-        words.push(cur);
-    }
+    let words = shell_words::split(cmd).map_err(|e| BadCommand(format!("{e} in `{cmd}`")))?;
     if words.is_empty() {
         return Err(BadCommand("empty command".into()));
     }
     Ok(words)
+}
+
+/// Kills a spawned target's whole process group (it leads its own, see `spawn`), so
+/// the processes it started die with it: a shell script's children too.
+pub(crate) fn kill_group(pgid: u32) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        // SAFETY: kill(2) takes plain integers; a negative pid names the process group.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
 }
 
 fn free_port() -> Result<u16, TargetError> {
@@ -126,6 +109,7 @@ impl Target {
             spec: spec.clone(),
             addr: "127.0.0.1:0".parse().expect("literal"),
             child: None,
+            pgid: None,
             stderr: Arc::default(),
             restarts: 0,
         };
@@ -154,11 +138,14 @@ impl Target {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so `kill` reaches whatever it starts.
+            .process_group(0)
             .spawn()
             .map_err(|source| TargetError::Spawn {
                 cmd: cmd.clone(),
                 source,
             })?;
+        self.pgid = child.id();
         if let Some(mut err) = child.stderr.take() {
             let sink = self.stderr.clone();
             tokio::spawn(async move {
@@ -235,9 +222,21 @@ impl Target {
     }
 
     pub async fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            kill_group(pgid);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // `kill_on_drop` reaches the child only; its group goes here.
+        if let Some(pgid) = self.pgid.take() {
+            kill_group(pgid);
         }
     }
 }
@@ -259,5 +258,23 @@ mod tests {
         assert_eq!(split_command("a ''").unwrap(), ["a", ""]);
         assert!(split_command("a 'b").is_err());
         assert!(split_command("   ").is_err());
+    }
+
+    #[test]
+    fn quotes_and_escapes_round_trip_through_a_shell_quoted_join() {
+        assert_eq!(
+            split_command(r#"srv --name my\ server 'it'\''s' "a \"b\"" {port}"#).unwrap(),
+            ["srv", "--name", "my server", "it's", "a \"b\"", "{port}"]
+        );
+        let words = [
+            "python3",
+            "dir with space/x.py",
+            "it's",
+            "$HOME",
+            "a\\b",
+            "{port}",
+        ];
+        let line = shell_words::join(words);
+        assert_eq!(split_command(&line).unwrap(), words);
     }
 }
