@@ -272,14 +272,10 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Writes via a temporary file and a rename, so a report is never half-written.
+/// Writes via a temporary file and a rename, so a report is never half-written
+/// ([`crate::repro_file::write_atomic`], the one writer).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    crate::repro_file::write_atomic(path, data)
 }
 
 #[cfg(test)]

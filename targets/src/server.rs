@@ -27,7 +27,7 @@ use crate::wire::WireError;
 /// How long connections get to wind down after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Options every server takes (DESIGN.md, "Reference servers").
+/// Options every server takes (README.md, "Reference servers").
 #[derive(Debug, Clone)]
 pub struct Common {
     /// Connections served at once; further clients wait in the listen queue.
