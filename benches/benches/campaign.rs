@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chopstick::campaign::check::{check, CheckConfig, Profile, Quiet};
-use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
+use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
 use chopstick::report::Report;
 use chopstick::workload::{Mode, Workload};
 use chopstick_targets::server::Handle;
@@ -40,7 +40,7 @@ fn config(addr: SocketAddr, framing: Framing) -> CheckConfig {
         target_name: "echo".into(),
         case: CaseConfig {
             framing,
-            oracle: OracleKind::Echo,
+            oracle: std::sync::Arc::new(chopstick::oracle::echo::Echo),
             mode: Mode::Pipelined,
             half_close: true,
             // No enforced gap between writes: this measures checking throughput, not

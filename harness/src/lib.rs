@@ -4,6 +4,7 @@
 //! - [`chaos`]: plans, faults, seeds and `ChaosStream` — how bytes are split, merged and cut.
 //! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
 //! - [`campaign`]: drive real servers, judge replies, check liveness, shrink, reproduce.
+//! - [`oracle`]: what a right reply is: the `Oracle` trait, one file per oracle, the registry.
 //! - [`workload`]: the seeded messages a campaign sends.
 //! - [`proxy`]: `chopstick proxy`, a TCP relay applying plans to either direction.
 //! - [`report`]: summary table, JSON and JUnit.
@@ -15,6 +16,7 @@ pub mod chaos;
 pub mod codec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod oracle;
 pub mod proxy;
 pub mod report;
 pub mod repro_file;

@@ -15,11 +15,13 @@ use bytes::Bytes;
 use chopstick::campaign::check::Quiet;
 use chopstick::campaign::repro::{self, Reproducer};
 use chopstick::campaign::run::{self, RunTarget, Scale, TargetKind};
-use chopstick::campaign::{draw_case, payload, FailureClass, OracleKind, TargetSpec, Timing};
+use chopstick::campaign::{draw_case, payload, FailureClass, TargetSpec, Timing};
+use chopstick::oracle::{auth::Auth, exec::Exec, file::File, Oracle};
 use chopstick::report::Report;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
@@ -148,7 +150,8 @@ async fn replay_passes_against_spawned(kind: TargetKind) {
         let mut r2 = r.clone();
         let path = r2.write_to(&artifacts).unwrap();
         let back = Reproducer::read(&path).unwrap();
-        assert_eq!(back.config.oracle, target.case.oracle);
+        let form = |o: &Arc<dyn Oracle>| (o.name().to_string(), o.config());
+        assert_eq!(form(&back.config.oracle), form(&target.case.oracle));
         let outcome = repro::replay(&back, 1, Timing::default()).await.unwrap();
         assert!(
             outcome.failure.is_none(),
@@ -188,7 +191,7 @@ async fn campaign(target: &RunTarget, faults: &str) -> (Report, tempfile::TempDi
 
 /// The target as `run` would judge a server of this `kind`, but at `addr`; reproducers
 /// connect back to it (the broken servers have no command to spawn).
-fn broken_target(kind: TargetKind, addr: SocketAddr, oracle: OracleKind) -> RunTarget {
+fn broken_target(kind: TargetKind, addr: SocketAddr, oracle: Arc<dyn Oracle>) -> RunTarget {
     let framing = match kind {
         TargetKind::Exec | TargetKind::File => "hjson",
         _ => "u32be",
@@ -295,7 +298,7 @@ async fn exec_bug_is_caught(bug: ExecBug) {
     let l = listener().await;
     let addr = l.local_addr().unwrap();
     let server = tokio::spawn(broken_exec(l, bug));
-    let target = broken_target(TargetKind::Exec, addr, OracleKind::Exec);
+    let target = broken_target(TargetKind::Exec, addr, Arc::new(Exec));
     let (report, _dir) = campaign(&target, "split").await;
     assert!(report.total_failures() > 0);
     assert_caught(&report, FailureClass::Corrupted).await;
@@ -390,7 +393,7 @@ async fn file_put_written_in_place_is_caught() {
         let l = listener().await;
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(in_place_file_server(l, root.path().to_path_buf()));
-        let target = broken_target(TargetKind::File, addr, OracleKind::File);
+        let target = broken_target(TargetKind::File, addr, Arc::new(File));
         // Without a cut the in-place server is indistinguishable from a correct one.
         let (clean, _d) = campaign(&target, "split").await;
         assert_eq!(clean.total_failures(), 0, "{:#?}", clean.failures);
@@ -433,8 +436,8 @@ async fn auth_that_accepts_any_digest_is_caught() {
         let l = listener().await;
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(accept_anything(l));
-        let key = chopstick::campaign::protocol::AuthKey::random();
-        let target = broken_target(TargetKind::Auth, addr, OracleKind::Auth { key });
+        let key = chopstick::oracle::auth::AuthKey::random();
+        let target = broken_target(TargetKind::Auth, addr, Arc::new(Auth::new(key)));
         let (report, _dir) = campaign(&target, "split").await;
         // Conns 2 and 6 use the wrong key, 3 and 7 replay a digest: all four accepted.
         assert_eq!(report.total_failures(), 4, "{:#?}", report.failures);

@@ -9,9 +9,8 @@
 //! the FIN only goes out once every due reply has come.
 //!
 //! Replies are decoded by a [`ReplyCodec`]: the framing's payloads, or for the exec and
-//! file oracles each hjson reply turned into comparable bytes (see [`super::protocol`]).
+//! file oracles each hjson reply turned into comparable bytes (see [`crate::oracle`]).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,64 +105,50 @@ pub struct Driven {
     pub latencies_us: Vec<u64>,
 }
 
-/// Connects to `addr` (typed error if that fails).
-pub async fn connect(addr: SocketAddr, timing: &Timing) -> std::io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timing.connect, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+/// How one connection's requests and replies take turns: what the oracle and the case
+/// config decide, apart from the bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    /// How many replies are due (the frames completed before any cut).
+    pub due: usize,
+    /// Wait for each reply before sending further frames.
+    pub ping_pong: bool,
+    /// When to half-close if the plan does not end the connection.
+    pub fin: Fin,
+    pub timing: Timing,
 }
 
-/// Drives one connection.
+impl Exchange {
+    /// `due` replies, pipelined, no FIN.
+    pub fn new(due: usize, timing: Timing) -> Exchange {
+        Exchange {
+            due,
+            ping_pong: false,
+            fin: Fin::Never,
+            timing,
+        }
+    }
+}
+
+/// Drives one connection over `sock` (from [`super::Target::connect`] or a handshake).
 ///
-/// `stream`/`layouts` are the encoded requests; `expected` is how many replies are due
-/// (the frames completed before any cut). `ping_pong` waits for each reply before
-/// sending further frames; `half_close` sends a FIN after the last byte.
-#[allow(clippy::too_many_arguments)]
+/// `stream`/`layouts` are the encoded requests, written as `plan` says; `replies`
+/// decodes what comes back.
 pub async fn drive(
-    sock: TcpStream,
-    framing: &Framing,
-    stream: Bytes,
-    layouts: &[FrameLayout],
-    plan: &Plan,
-    expected: usize,
-    ping_pong: bool,
-    half_close: bool,
-    timing: &Timing,
-) -> Driven {
-    let fin = if half_close {
-        Fin::AfterWrite
-    } else {
-        Fin::Never
-    };
-    drive_with(
-        sock,
-        ReplyCodec::frames(framing),
-        stream,
-        layouts,
-        plan,
-        expected,
-        ping_pong,
-        fin,
-        timing,
-    )
-    .await
-}
-
-/// [`drive`] with a chosen reply decoder and half-close policy.
-#[allow(clippy::too_many_arguments)]
-pub async fn drive_with(
     sock: TcpStream,
     replies: ReplyCodec,
     stream: Bytes,
     layouts: &[FrameLayout],
     plan: &Plan,
-    expected: usize,
-    ping_pong: bool,
-    fin: Fin,
-    timing: &Timing,
+    exchange: &Exchange,
 ) -> Driven {
+    let Exchange {
+        due: expected,
+        ping_pong,
+        fin,
+        timing,
+    } = *exchange;
+    let timing = &timing;
     let resets = matches!(plan.ending(), Some((Ending::Reset, _)));
     if resets {
         // SO_LINGER 0: closing the socket at the plan's `reset` sends an RST.

@@ -1,86 +1,57 @@
 //! Campaigns: drive a target with seeded workloads under each fault, judge every reply
 //! with an oracle, check liveness after every cut, shrink failures into reproducers.
 //!
-//! - [`drive`]: one connection over a real socket, per its plan.
+//! - [`drive`]: one connection over a stream the target opened, per its plan.
 //! - [`judge`]: expected versus seen, and the failure classes.
-//! - [`target`]: `--connect ADDR` or `--spawn CMD` (started, watched, restarted).
+//! - [`target`]: `--connect ADDR` or `--spawn CMD` (started, watched, restarted); it
+//!   opens every connection a case uses.
 //! - [`shrink`]: makes a failing case smaller while it still fails.
 //! - [`repro`]: reproducer files and `chopstick replay`.
-//! - [`protocol`]: how exec, file and auth messages become requests and replies.
+//! - [`check`]: `chopstick check`, one target under each fault profile.
 //! - [`run`]: `chopstick run`, every reference server in-process under every fault.
+//! - [`payload`]: byte payloads in files (text or hex) and previews.
+//!
+//! What a request is and what a right reply is belongs to the oracle
+//! ([`crate::oracle`]); this module runs the same sequence for every one of them:
+//! encode, open, drive, judge, read back, liveness.
 
 pub mod check;
 pub mod drive;
 pub mod judge;
 pub mod payload;
-pub mod protocol;
 pub mod repro;
 pub mod run;
 pub mod shrink;
 pub mod target;
 
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chopstick_targets::wire::Framing;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
 
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
+use crate::oracle::{Delivered, Encoded, Opened, Oracle, PROBE_CONN};
 use crate::workload::{Mode, Workload};
-use chopstick_targets::wire::{FrameLayout, HjsonCodec, WireError, DEFAULT_MAX};
-pub use drive::Timing;
-use drive::{Fin, ReplyCodec};
+use chopstick_targets::wire::WireError;
+pub use drive::{Exchange, Fin, Timing};
 pub use judge::{End, Failure, FailureClass, Seen};
-use protocol::{AuthKey, AuthVariant};
 pub use target::{Target, TargetError, TargetSpec};
 
-/// How replies are judged (and, for exec, file and auth, how requests are made: see
-/// [`protocol`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OracleKind {
-    /// Each reply equals its request.
-    Echo,
-    /// Each reply is its request with ASCII a-z upper-cased.
-    Upper,
-    /// Each reply equals the reply to the same request on an unfaulted connection.
-    Differential,
-    /// The exec server (hjson): messages are `ARGV_JSON\nSTDIN` requests of known
-    /// commands; replies are compared by exit, signal, stdout, stderr, timed_out and
-    /// truncated. Only a prefix of replies is due after a cut: the server kills a
-    /// running command when its client closes.
-    Exec,
-    /// The file server (hjson): each message is put under a name derived from it; a
-    /// fresh connection then gets every file back. A put cut by a disconnect must have
-    /// left the old file or none, never part of the new one.
-    File,
-    /// The auth server with inner echo: a handshake variant per connection
-    /// ([`AuthVariant::for_conn`]), then the echo oracle on the inner stream.
-    Auth { key: AuthKey },
-}
-
-impl FromStr for OracleKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "echo" => Ok(OracleKind::Echo),
-            "upper" => Ok(OracleKind::Upper),
-            "differential" => Ok(OracleKind::Differential),
-            _ => Err(format!(
-                "unknown oracle `{s}` (expected echo, upper or differential)"
-            )),
-        }
-    }
-}
+/// Pause between connect attempts while a server returns to `accept()`.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Everything about a case but its messages and plan.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseConfig {
     #[serde(with = "framing_string")]
     pub framing: Framing,
-    pub oracle: OracleKind,
+    /// How requests are made and replies judged; stored in files by its registry name
+    /// and settings ([`crate::oracle::serde_form`]).
+    #[serde(with = "crate::oracle::serde_form")]
+    pub oracle: Arc<dyn Oracle>,
     pub mode: Mode,
     /// Send a FIN once everything is written (when the plan does not end otherwise).
     pub half_close: bool,
@@ -128,88 +99,28 @@ pub struct CaseResult {
     pub bytes: usize,
 }
 
-impl OracleKind {
-    /// The replies due for `messages` (not for differential, which needs a baseline run).
-    fn expected(self, messages: &[Bytes]) -> Vec<Bytes> {
-        match self {
-            OracleKind::Upper => messages
-                .iter()
-                .map(|m| Bytes::from(m.to_ascii_uppercase()))
-                .collect(),
-            OracleKind::Exec => messages
-                .iter()
-                .map(|m| protocol::exec_expected(m))
-                .collect(),
-            OracleKind::File => messages
-                .iter()
-                .map(|m| protocol::file_put_expected(m))
-                .collect(),
-            _ => messages.to_vec(),
-        }
-    }
-}
-
 impl CaseConfig {
     /// The request stream of connection `conn` sending `messages`, and its frame layouts.
-    pub fn encode(
-        &self,
-        conn: u64,
-        messages: &[Bytes],
-    ) -> Result<(Bytes, Vec<FrameLayout>), WireError> {
-        match self.oracle {
-            OracleKind::Exec => protocol::encode_hjson(
-                &messages
-                    .iter()
-                    .map(|m| protocol::exec_request(m))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-            OracleKind::File => protocol::encode_hjson(
-                &messages
-                    .iter()
-                    .map(|m| protocol::file_put(conn, m))
-                    .collect::<Vec<_>>(),
-            ),
-            _ => self.framing.encode_all(messages),
-        }
-    }
-
-    /// The decoder turning replies into what the oracle compares.
-    fn reply_codec(&self) -> ReplyCodec {
-        match self.oracle {
-            OracleKind::Exec => {
-                ReplyCodec::Hjson(HjsonCodec::new(DEFAULT_MAX), protocol::exec_canonical)
-            }
-            OracleKind::File => {
-                ReplyCodec::Hjson(HjsonCodec::new(DEFAULT_MAX), protocol::file_canonical)
-            }
-            _ => ReplyCodec::frames(&self.framing),
-        }
-    }
-
-    /// When to half-close after the last request.
-    fn fin(&self) -> Fin {
-        match (self.half_close, self.oracle) {
-            (false, _) => Fin::Never,
-            // exec kills a running command on FIN; it may only come once all replies have.
-            (true, OracleKind::Exec) => Fin::AfterReplies,
-            (true, _) => Fin::AfterWrite,
-        }
+    pub fn encode(&self, conn: u64, messages: &[Bytes]) -> Result<Encoded, WireError> {
+        self.oracle.encode(&self.framing, conn, messages)
     }
 
     /// The messages connection `conn` sends, made from the workload's payloads.
     pub fn messages(&self, workload: &Workload, seed: u64, conn: u64) -> Vec<Bytes> {
-        let payloads = workload.messages(seed, conn);
-        match self.oracle {
-            OracleKind::Exec => protocol::exec_messages(&payloads, conn),
-            _ => payloads,
-        }
+        self.oracle.messages(workload.messages(seed, conn), conn)
     }
 
-    /// The one message a liveness probe sends.
-    fn probe(&self) -> Bytes {
-        match self.oracle {
-            OracleKind::Exec => protocol::exec_message(&["echo", "chopstick liveness probe"], b""),
-            _ => Bytes::from_static(b"chopstick liveness probe"),
+    /// How a case's connection takes turns when `due` replies are due.
+    pub fn exchange(&self, due: usize) -> Exchange {
+        Exchange {
+            due,
+            ping_pong: self.mode == Mode::PingPong,
+            fin: if self.half_close {
+                self.oracle.fin()
+            } else {
+                Fin::Never
+            },
+            timing: self.timing,
         }
     }
 }
@@ -239,25 +150,36 @@ pub fn draw_case(
     }
 }
 
-/// Runs one case against `target`, then (after a cut) checks liveness.
+impl CaseResult {
+    fn new(bytes: usize) -> CaseResult {
+        CaseResult {
+            failure: None,
+            expected: Vec::new(),
+            seen: Seen {
+                replies: Vec::new(),
+                end: End::Eof,
+            },
+            latencies_us: Vec::new(),
+            bytes,
+        }
+    }
+}
+
+/// Runs one case against `target`: encode, open, drive, judge, read back, and (after
+/// a cut, or if a spawned server died) liveness. Which oracle judges is
+/// `config.oracle`'s business; this sequence is the same for all.
 pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> CaseResult {
+    let oracle = &*config.oracle;
     let (stream, layouts) = match config.encode(case.conn, &case.messages) {
         Ok(x) => x,
         Err(e) => {
-            return CaseResult {
-                failure: Some(Failure::new(
-                    FailureClass::MalformedReply,
-                    None,
-                    format!("cannot encode: {e}"),
-                )),
-                expected: Vec::new(),
-                seen: Seen {
-                    replies: Vec::new(),
-                    end: End::Eof,
-                },
-                latencies_us: Vec::new(),
-                bytes: 0,
-            }
+            let mut result = CaseResult::new(0);
+            result.failure = Some(Failure::new(
+                FailureClass::MalformedReply,
+                None,
+                format!("cannot encode: {e}"),
+            ));
+            return result;
         }
     };
     let ending = case.plan.ending();
@@ -266,90 +188,88 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
         Some((_, at)) => layouts.iter().take_while(|l| l.end <= at).count(),
         None => layouts.len(),
     };
-    let expected = match config.oracle {
-        OracleKind::Differential => baseline(target, config, &case.messages[..complete]).await,
-        oracle => oracle.expected(&case.messages[..complete]),
+    let whole = &case.messages[..complete];
+    let mut result = CaseResult::new(stream.len());
+    let (before, after) = oracle.baseline().map_or((0, 0), |b| b.runs());
+    let mut baselines = Vec::with_capacity(before + after);
+    for _ in 0..before {
+        baselines.push(unfaulted(target, config, case.conn, whole).await);
+    }
+    result.expected = match oracle.baseline() {
+        // Due: as many replies as the most generous baseline got.
+        Some(_) => baselines
+            .iter()
+            .max_by_key(|b| b.replies.len())
+            .map(|b| b.replies.clone())
+            .unwrap_or_default(),
+        None => oracle.expected(case.conn, whole),
     };
-    let bytes = stream.len();
-    let mut result = CaseResult {
-        failure: None,
-        expected,
-        seen: Seen {
-            replies: Vec::new(),
-            end: End::Eof,
-        },
-        latencies_us: Vec::new(),
-        bytes,
-    };
-    let variant = match config.oracle {
-        OracleKind::Auth { .. } => Some(AuthVariant::for_conn(case.conn)),
-        _ => None,
-    };
-    let opened = match (config.oracle, variant) {
-        (OracleKind::Auth { key }, Some(v)) if !v.accepted() => {
-            // A rejected handshake is the whole case: nothing inner is due.
-            result.expected = vec![Bytes::from_static(b"verdict 0, then close")];
-            let (failure, seen) = auth_reject_case(target.addr, key, v, &stream, config).await;
-            result.seen.replies = seen.into_iter().collect();
+    let sock = match open(target, config, case.conn, &stream).await {
+        Ok(Opened::Stream(sock)) => sock,
+        Ok(Opened::Settled {
+            expected,
+            seen,
+            failure,
+        }) => {
+            // The handshake was the whole case: nothing inner is due.
+            result.expected = expected;
+            result.seen.replies = seen;
             result.failure = failure;
             if result.failure.is_none() && target.exited().is_some() {
-                result.failure = liveness(target, config).await.err();
+                result.failure = liveness(target, config, &case.messages).await.err();
             }
             if result.failure.is_some() {
                 recover(target).await;
             }
             return result;
         }
-        (OracleKind::Auth { key }, Some(v)) => {
-            open_auth(
-                target.addr,
-                key,
-                v == AuthVariant::SplitDigest,
-                &config.timing,
-            )
-            .await
-        }
-        _ => drive::connect(target.addr, &config.timing)
-            .await
-            .map_err(|e| Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}"))),
-    };
-    let sock = match opened {
-        Ok(s) => s,
         Err(f) => {
             result.failure = Some(dead_or(target, f.class, f.detail));
             recover(target).await;
             return result;
         }
     };
-    let driven = drive::drive_with(
+    let driven = drive::drive(
         sock,
-        config.reply_codec(),
+        oracle.reply_codec(&config.framing),
         stream,
         &layouts,
         &case.plan,
-        result.expected.len(),
-        config.mode == Mode::PingPong,
-        config.fin(),
-        &config.timing,
+        &config.exchange(result.expected.len()),
     )
     .await;
-    // exec kills a running command when its client closes: after any cut, only a
-    // prefix of the replies can be demanded. After our own RST, for everyone.
+    // After our own RST, only a prefix of the replies can be demanded; after a close
+    // too, for servers that abandon work when their client closes.
     let must_finish = match ending {
         Some((Ending::Reset, _)) => false,
-        Some(_) => config.oracle != OracleKind::Exec,
+        Some(_) => !oracle.close_aborts(),
         None => true,
     };
-    result.failure = judge::judge(&result.expected, &driven.seen, must_finish);
+    result.failure = match oracle.baseline() {
+        Some(b) => {
+            for _ in 0..after {
+                baselines.push(unfaulted(target, config, case.conn, whole).await);
+            }
+            let (expected, failure) = b.judge(&baselines, &driven.seen, must_finish);
+            result.expected = expected;
+            failure
+        }
+        None => oracle.judge(&result.expected, &driven.seen, must_finish),
+    };
     result.seen = driven.seen;
     result.latencies_us = driven.latencies_us;
-    if result.failure.is_none() && config.oracle == OracleKind::File {
-        result.failure = verify_files(target.addr, config, case, complete, &layouts, ending)
-            .await
-            .err();
+    if result.failure.is_none() {
+        let delivered = Delivered {
+            conn: case.conn,
+            messages: &case.messages,
+            complete,
+            layouts: &layouts,
+            ending,
+        };
+        result.failure = read_back(target, config, &delivered).await.err();
     }
     if result.failure.is_none() && (ending.is_some() || target.exited().is_some()) {
-        result.failure = liveness(target, config).await.err();
+        result.failure = liveness(target, config, &case.messages).await.err();
     }
     if result.failure.is_some() {
         recover(target).await;
@@ -357,39 +277,122 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
     result
 }
 
-/// The reply sequence of an unfaulted connection sending `messages`.
-async fn baseline(target: &mut Target, config: &CaseConfig, messages: &[Bytes]) -> Vec<Bytes> {
-    let Ok((stream, layouts)) = config.framing.encode_all(messages) else {
-        return Vec::new();
+/// Opens case `conn`'s connection: the oracle's handshake if it has one, else a plain
+/// connection from the target.
+async fn open(
+    target: &Target,
+    config: &CaseConfig,
+    conn: u64,
+    requests: &[u8],
+) -> Result<Opened, Failure> {
+    match config.oracle.handshake() {
+        Some(h) => h.open(target, conn, requests, &config.timing).await,
+        None => open_fresh(target, config, &config.timing)
+            .await
+            .map(Opened::Stream),
+    }
+}
+
+/// A plain, accepted connection (baselines, read-back, liveness).
+async fn open_fresh(
+    target: &Target,
+    config: &CaseConfig,
+    timing: &Timing,
+) -> Result<TcpStream, Failure> {
+    match config.oracle.handshake() {
+        Some(h) => h.open_fresh(target, timing).await,
+        None => target
+            .connect(timing.connect)
+            .await
+            .map_err(|e| Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}"))),
+    }
+}
+
+/// What an unfaulted connection sending `messages` sees (a baseline run).
+async fn unfaulted(target: &Target, config: &CaseConfig, conn: u64, messages: &[Bytes]) -> Seen {
+    let nothing = |end| Seen {
+        replies: Vec::new(),
+        end,
     };
-    let Ok(sock) = drive::connect(target.addr, &config.timing).await else {
-        return Vec::new();
+    let Ok((stream, layouts)) = config.encode(conn, messages) else {
+        return nothing(End::Eof);
+    };
+    let Ok(sock) = open_fresh(target, config, &config.timing).await else {
+        return nothing(End::Reset);
     };
     let plan = Plan::passthrough(stream.len());
+    let exchange = Exchange {
+        ping_pong: false,
+        ..config.exchange(messages.len())
+    };
     drive::drive(
         sock,
-        &config.framing,
+        config.oracle.reply_codec(&config.framing),
         stream,
         &layouts,
         &plan,
-        messages.len(),
-        false,
-        config.half_close,
-        &config.timing,
+        &exchange,
     )
     .await
     .seen
-    .replies
 }
 
-/// A fresh connection must be served correctly within `config.liveness`.
-pub async fn liveness(target: &mut Target, config: &CaseConfig) -> Result<(), Failure> {
-    let probe = vec![config.probe()];
-    let expected = match config.oracle {
-        OracleKind::Differential => None,
-        oracle => Some(oracle.expected(&probe)),
+/// The read-back capability, if the oracle has it: a fresh connection checks what the
+/// case left behind.
+async fn read_back(
+    target: &Target,
+    config: &CaseConfig,
+    delivered: &Delivered<'_>,
+) -> Result<(), Failure> {
+    let Some(rb) = config.oracle.read_back() else {
+        return Ok(());
     };
-    let (stream, layouts) = match config.encode(u64::MAX, &probe) {
+    let ((stream, layouts), due) = match rb.requests(delivered) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            return Err(Failure::new(
+                FailureClass::MalformedReply,
+                None,
+                format!("cannot encode the read-back: {e}"),
+            ))
+        }
+    };
+    let sock = open_fresh(target, config, &config.timing)
+        .await
+        .map_err(|f| Failure {
+            detail: format!("reading back what the case left: {}", f.detail),
+            ..f
+        })?;
+    let plan = Plan::passthrough(stream.len());
+    let exchange = Exchange {
+        fin: Fin::AfterWrite,
+        ..Exchange::new(due, config.timing)
+    };
+    let d = drive::drive(
+        sock,
+        config.oracle.reply_codec(&config.framing),
+        stream,
+        &layouts,
+        &plan,
+        &exchange,
+    )
+    .await;
+    match rb.judge(delivered, &d.seen) {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+/// A fresh connection must be served correctly within `config.liveness`; `session` is
+/// the case's messages (an oracle may probe with one of them).
+pub async fn liveness(
+    target: &mut Target,
+    config: &CaseConfig,
+    session: &[Bytes],
+) -> Result<(), Failure> {
+    let probe = config.oracle.probe(session);
+    let (stream, layouts) = match config.encode(PROBE_CONN, std::slice::from_ref(&probe.message)) {
         Ok(x) => x,
         Err(e) => {
             return Err(Failure::new(
@@ -407,37 +410,24 @@ pub async fn liveness(target: &mut Target, config: &CaseConfig) -> Result<(), Fa
     let mut last = String::new();
     // Retry connecting briefly: a server may take a moment to return to accept().
     while tokio::time::Instant::now() < deadline {
-        let opened = match config.oracle {
-            OracleKind::Auth { key } => open_auth(target.addr, key, false, &timing)
-                .await
-                .map_err(|f| f.detail),
-            _ => drive::connect(target.addr, &timing)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match opened {
+        match open_fresh(target, config, &timing).await {
             Ok(sock) => {
                 let plan = Plan::passthrough(stream.len());
-                // The older oracles keep their original probe (no FIN); the new ones
-                // close once answered, so a correct server ends the probe at once.
-                let fin = match config.oracle {
-                    OracleKind::Echo | OracleKind::Upper | OracleKind::Differential => Fin::Never,
-                    _ => Fin::AfterReplies,
+                let exchange = Exchange {
+                    fin: probe.fin,
+                    ..Exchange::new(1, timing)
                 };
-                let d = drive::drive_with(
+                let d = drive::drive(
                     sock,
-                    config.reply_codec(),
+                    config.oracle.reply_codec(&config.framing),
                     stream.clone(),
                     &layouts,
                     &plan,
-                    1,
-                    false,
-                    fin,
-                    &timing,
+                    &exchange,
                 )
                 .await;
-                return match (&expected, d.seen.replies.first()) {
-                    (Some(want), Some(got)) if want[0] == *got => Ok(()),
+                return match (&probe.reply, d.seen.replies.first()) {
+                    (Some(want), Some(got)) if want == got => Ok(()),
                     (None, Some(_)) => Ok(()),
                     (_, Some(got)) => Err(Failure::new(
                         FailureClass::Liveness,
@@ -457,12 +447,12 @@ pub async fn liveness(target: &mut Target, config: &CaseConfig) -> Result<(), Fa
                     )),
                 };
             }
-            Err(e) => {
-                last = e;
+            Err(f) => {
+                last = f.detail;
                 if target.exited().is_some() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(RECONNECT_PAUSE).await;
             }
         }
     }
@@ -500,330 +490,4 @@ async fn recover(target: &mut Target) {
             tracing::warn!("restart failed: {e}");
         }
     }
-}
-
-/// Reads exactly `buf.len()` bytes within the reply timeout; `what` names them in failures.
-async fn read_within(
-    sock: &mut tokio::net::TcpStream,
-    buf: &mut [u8],
-    timing: &Timing,
-    what: &str,
-) -> Result<(), Failure> {
-    use tokio::io::AsyncReadExt;
-    match tokio::time::timeout(timing.reply_timeout, sock.read_exact(buf)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Failure::new(
-            FailureClass::Lost,
-            None,
-            format!("the connection ended before the {what}: {e}"),
-        )),
-        Err(_) => Err(Failure::new(
-            FailureClass::Hang,
-            None,
-            format!("no {what} within {:?}", timing.reply_timeout),
-        )),
-    }
-}
-
-/// Sends an auth digest: in one write, or one byte per write with a pause between so
-/// the server really reads it in pieces.
-async fn send_digest(
-    sock: &mut tokio::net::TcpStream,
-    digest: &[u8],
-    split: bool,
-    timing: &Timing,
-) -> Result<(), Failure> {
-    use tokio::io::AsyncWriteExt;
-    let send = async {
-        if split {
-            for b in digest {
-                sock.write_all(std::slice::from_ref(b)).await?;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Ok(())
-        } else {
-            sock.write_all(digest).await
-        }
-    };
-    match tokio::time::timeout(timing.reply_timeout, send).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Failure::new(
-            FailureClass::Lost,
-            None,
-            format!("the server closed while the digest was sent: {e}"),
-        )),
-        Err(_) => Err(Failure::new(
-            FailureClass::Hang,
-            None,
-            "the server stopped reading the digest",
-        )),
-    }
-}
-
-/// Connects and reads the server's nonce.
-async fn auth_connect(
-    addr: std::net::SocketAddr,
-    timing: &Timing,
-) -> Result<
-    (
-        tokio::net::TcpStream,
-        [u8; chopstick_targets::auth::NONCE_LEN],
-    ),
-    Failure,
-> {
-    let mut sock = drive::connect(addr, timing)
-        .await
-        .map_err(|e| Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}")))?;
-    let mut nonce = [0u8; chopstick_targets::auth::NONCE_LEN];
-    read_within(&mut sock, &mut nonce, timing, "auth nonce").await?;
-    Ok((sock, nonce))
-}
-
-async fn read_verdict(sock: &mut tokio::net::TcpStream, timing: &Timing) -> Result<u8, Failure> {
-    let mut verdict = [0u8; 1];
-    read_within(sock, &mut verdict, timing, "auth verdict").await?;
-    Ok(verdict[0])
-}
-
-/// Connects and authenticates with the right key (the digest split into 1-byte writes
-/// when `split`); the stream then speaks the inner protocol.
-async fn open_auth(
-    addr: std::net::SocketAddr,
-    key: AuthKey,
-    split: bool,
-    timing: &Timing,
-) -> Result<tokio::net::TcpStream, Failure> {
-    let (mut sock, nonce) = auth_connect(addr, timing).await?;
-    send_digest(
-        &mut sock,
-        &chopstick_targets::auth::digest(key.bytes(), &nonce),
-        split,
-        timing,
-    )
-    .await?;
-    match read_verdict(&mut sock, timing).await? {
-        chopstick_targets::auth::ACCEPTED => Ok(sock),
-        chopstick_targets::auth::REJECTED => Err(Failure::new(
-            FailureClass::AuthRejected,
-            None,
-            if split {
-                "the right digest, written one byte at a time, was rejected"
-            } else {
-                "the right digest was rejected"
-            },
-        )),
-        other => Err(Failure::new(
-            FailureClass::MalformedReply,
-            None,
-            format!("auth verdict byte {other}, expected 0 or 1"),
-        )),
-    }
-}
-
-/// A connection that must be rejected (wrong key, or a digest replayed from an earlier
-/// connection): verdict 0, then a close, and nothing of the inner protocol even if the
-/// client sends `inner` anyway. Returns the failure, if any, and what was seen.
-async fn auth_reject_case(
-    addr: std::net::SocketAddr,
-    key: AuthKey,
-    variant: AuthVariant,
-    inner: &[u8],
-    config: &CaseConfig,
-) -> (Option<Failure>, Option<Bytes>) {
-    let timing = &config.timing;
-    let attempt = async {
-        let (mut sock, nonce) = auth_connect(addr, timing).await?;
-        let (digest, what) = if variant == AuthVariant::Replayed {
-            // The earlier connection: authenticate properly, remember the digest.
-            let first = chopstick_targets::auth::digest(key.bytes(), &nonce);
-            send_digest(&mut sock, &first, false, timing).await?;
-            match read_verdict(&mut sock, timing).await? {
-                chopstick_targets::auth::ACCEPTED => {}
-                v => {
-                    return Err(Failure::new(
-                        FailureClass::AuthRejected,
-                        None,
-                        format!("the right digest got verdict {v} (before the replay)"),
-                    ))
-                }
-            }
-            drop(sock);
-            let (again, fresh) = auth_connect(addr, timing).await?;
-            if fresh == nonce {
-                return Err(Failure::new(
-                    FailureClass::AuthBypass,
-                    None,
-                    "a fresh connection got the same nonce as the previous one",
-                ));
-            }
-            sock = again;
-            (first, "a digest replayed from an earlier connection")
-        } else {
-            (
-                chopstick_targets::auth::digest(key.wrong().bytes(), &nonce),
-                "a digest made with the wrong key",
-            )
-        };
-        send_digest(&mut sock, &digest, false, timing).await?;
-        match read_verdict(&mut sock, timing).await? {
-            chopstick_targets::auth::REJECTED => {}
-            chopstick_targets::auth::ACCEPTED => {
-                return Err(Failure::new(
-                    FailureClass::AuthBypass,
-                    None,
-                    format!("{what} was accepted"),
-                ))
-            }
-            other => {
-                return Err(Failure::new(
-                    FailureClass::MalformedReply,
-                    None,
-                    format!("auth verdict byte {other}, expected 0"),
-                ))
-            }
-        }
-        // Rejected: it must close, and must not serve what we send regardless. Errors
-        // writing are expected (the server may be gone already).
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let _ = tokio::time::timeout(timing.reply_timeout, sock.write_all(inner)).await;
-        let mut buf = [0u8; 256];
-        match tokio::time::timeout(timing.reply_timeout, sock.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => Ok(()),
-            Ok(Ok(n)) => Err(Failure::new(
-                FailureClass::AuthBypass,
-                None,
-                format!(
-                    "after rejecting {what} the server still sent {}",
-                    payload::preview(&buf[..n])
-                ),
-            )),
-            Err(_) => Err(Failure::new(
-                FailureClass::Hang,
-                None,
-                format!(
-                    "after rejecting {what} the server kept the connection open for {:?}",
-                    timing.reply_timeout
-                ),
-            )),
-        }
-    };
-    match attempt.await {
-        Ok(()) => (None, Some(Bytes::from_static(b"verdict 0, then close"))),
-        Err(f) => {
-            let seen = Bytes::from(f.detail.clone());
-            (Some(f), Some(seen))
-        }
-    }
-}
-
-/// File oracle, after the driven connection: a fresh connection gets every file whose
-/// put was sent whole, and the one a cut interrupted. A put that was acknowledged must
-/// read back exactly; one that was cut (or sent just before our own RST, which may
-/// discard it unread) must read back whole or not at all, never partly written.
-async fn verify_files(
-    addr: std::net::SocketAddr,
-    config: &CaseConfig,
-    case: &Case,
-    complete: usize,
-    layouts: &[FrameLayout],
-    ending: Option<(Ending, usize)>,
-) -> Result<(), Failure> {
-    let cut = ending.and_then(|(_, at)| {
-        layouts
-            .get(complete)
-            .filter(|l| at > l.start)
-            .map(|_| (complete, at))
-    });
-    let reset = matches!(ending, Some((Ending::Reset, _)));
-    let n = (complete + usize::from(cut.is_some())).min(case.messages.len());
-    if n == 0 {
-        return Ok(());
-    }
-    let gets: Vec<_> = case.messages[..n]
-        .iter()
-        .map(|m| protocol::file_get(case.conn, m))
-        .collect();
-    let (stream, get_layouts) = protocol::encode_hjson(&gets).map_err(|e| {
-        Failure::new(
-            FailureClass::MalformedReply,
-            None,
-            format!("cannot encode gets: {e}"),
-        )
-    })?;
-    let sock = drive::connect(addr, &config.timing).await.map_err(|e| {
-        Failure::new(
-            FailureClass::Refused,
-            None,
-            format!("cannot connect to read the files back: {e}"),
-        )
-    })?;
-    let plan = Plan::passthrough(stream.len());
-    let d = drive::drive_with(
-        sock,
-        config.reply_codec(),
-        stream,
-        &get_layouts,
-        &plan,
-        n,
-        false,
-        Fin::AfterWrite,
-        &config.timing,
-    )
-    .await;
-    for (i, message) in case.messages[..n].iter().enumerate() {
-        let want = protocol::file_get_expected(message);
-        let name = protocol::file_name(case.conn, message);
-        let whole_due = i < complete && !reset;
-        let Some(got) = d.seen.replies.get(i) else {
-            let class = if d.seen.end == End::Timeout {
-                FailureClass::Hang
-            } else {
-                FailureClass::Lost
-            };
-            return Err(Failure::new(
-                class,
-                Some(i),
-                format!(
-                    "reading back `{name}` (put #{i}) got no reply ({:?})",
-                    d.seen.end
-                ),
-            ));
-        };
-        if *got == want || (!whole_due && protocol::file_absent(got)) {
-            continue;
-        }
-        let failure = if !whole_due {
-            let how = match cut {
-                Some((j, at)) if j == i => format!("was cut at stream byte {at}"),
-                _ => "was sent just before a reset".to_string(),
-            };
-            Failure::new(
-                FailureClass::NotAtomic,
-                Some(i),
-                format!(
-                    "put #{i} of `{name}` {how}; a fresh get must find the whole file or none, got {} (whole: {})",
-                    payload::preview(got),
-                    payload::preview(&want)
-                ),
-            )
-        } else if protocol::file_absent(got) {
-            Failure::new(
-                FailureClass::Lost,
-                Some(i),
-                format!("put #{i} of `{name}` was acknowledged, but a fresh get finds no file"),
-            )
-        } else {
-            Failure::new(
-                FailureClass::Corrupted,
-                Some(i),
-                format!(
-                    "reading back `{name}` (put #{i}): expected {}, got {}",
-                    payload::preview(&want),
-                    payload::preview(got)
-                ),
-            )
-        };
-        return Err(failure);
-    }
-    Ok(())
 }

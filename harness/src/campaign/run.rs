@@ -15,12 +15,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::check::{drive_profile, Artifacts, Drive, Profile, Progress};
-use super::protocol::AuthKey;
-use super::{shrink, CaseConfig, FailureClass, OracleKind, Target, TargetSpec, Timing};
+use super::{shrink, CaseConfig, FailureClass, Target, TargetSpec, Timing};
 use crate::chaos::FaultSet;
+use crate::oracle::auth::{Auth, AuthKey};
+use crate::oracle::echo::{Echo, Upper};
+use crate::oracle::{exec::Exec, file::File, Oracle};
 use crate::report::{FailureRecord, Report, Row};
 use crate::udp::{FailureKind, UdpCheckConfig, UdpOracle, UdpReproducer, UdpTarget};
 use crate::workload::{Mode, Workload};
@@ -265,7 +268,7 @@ pub struct Started {
 }
 
 /// The case settings of a run target: pipelined, half-close, default timing.
-pub fn case_config(framing: Framing, oracle: OracleKind) -> CaseConfig {
+pub fn case_config(framing: Framing, oracle: Arc<dyn Oracle>) -> CaseConfig {
     CaseConfig {
         framing,
         oracle,
@@ -322,10 +325,10 @@ pub async fn start(kind: TargetKind, exe: &Path, artifacts: &Path) -> Result<Sta
                 ..echo::Config::default()
             };
             let handle = Handle::spawn(listener, |l, stop| echo::run(l, config, stop));
-            let (oracle, args) = if upper {
-                (OracleKind::Upper, "echo --transform upper")
+            let (oracle, args): (Arc<dyn Oracle>, _) = if upper {
+                (Arc::new(Upper), "echo --transform upper")
             } else {
-                (OracleKind::Echo, "echo")
+                (Arc::new(Echo), "echo")
             };
             (handle, case_config(u32be, oracle), serve(args))
         }
@@ -337,7 +340,7 @@ pub async fn start(kind: TargetKind, exe: &Path, artifacts: &Path) -> Result<Sta
             // right after pipelined requests would leave no reply to judge.
             let case = CaseConfig {
                 mode: Mode::PingPong,
-                ..case_config(hjson, OracleKind::Exec)
+                ..case_config(hjson, Arc::new(Exec))
             };
             (handle, case, serve("exec"))
         }
@@ -352,7 +355,7 @@ pub async fn start(kind: TargetKind, exe: &Path, artifacts: &Path) -> Result<Sta
             let repro_root = artifacts.join("file-root");
             let spec = serve(&format!("file --root {}", quote(&repro_root)));
             prepare.push(Prepare::Dir(repro_root));
-            (handle, case_config(hjson, OracleKind::File), spec)
+            (handle, case_config(hjson, Arc::new(File)), spec)
         }
         TargetKind::Auth => {
             let key = AuthKey::random();
@@ -364,7 +367,7 @@ pub async fn start(kind: TargetKind, exe: &Path, artifacts: &Path) -> Result<Sta
             let key_file = artifacts.join("auth.key");
             let spec = serve(&format!("auth --key-file {}", quote(&key_file)));
             prepare.push(Prepare::Secret(key_file, key.bytes().to_vec()));
-            (handle, case_config(u32be, OracleKind::Auth { key }), spec)
+            (handle, case_config(u32be, Arc::new(Auth::new(key))), spec)
         }
         TargetKind::Udp => {
             return Err(fail(std::io::Error::other(

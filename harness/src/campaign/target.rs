@@ -188,6 +188,20 @@ impl Target {
         }
     }
 
+    /// Opens a connection to the target (NODELAY set, so each planned write is its own
+    /// segment). Every stream a case uses comes from here or from an oracle's
+    /// handshake on top of it, so a target that supplies streams another way (one a
+    /// client under test connects to) changes only this method.
+    pub async fn connect(&self, timeout: Duration) -> std::io::Result<tokio::net::TcpStream> {
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
     /// `Some(status)` if a spawned target has exited.
     pub fn exited(&mut self) -> Option<String> {
         let child = self.child.as_mut()?;

@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chopstick::campaign::check::{CheckConfig, Profile};
-use chopstick::campaign::{CaseConfig, OracleKind, TargetSpec, Timing};
+use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
+use chopstick::oracle::Oracle;
 use chopstick::report::Report;
 use chopstick::workload::{Mode, Workload};
 use chopstick_targets::udp::MAX_UDP_PAYLOAD;
@@ -31,8 +33,8 @@ pub struct CheckArgs {
     /// Framing spec of requests and replies.
     #[arg(long, default_value = "u32be", conflicts_with = "udp")]
     framing: Framing,
-    /// How replies are judged: echo, upper (ASCII a-z upper-cased) or differential
-    /// (equal to an unfaulted run's replies).
+    /// How replies are judged: echo, upper (ASCII a-z upper-cased), differential
+    /// (equal to an unfaulted run's replies), exec or file (chopstick's own servers).
     /// (with --udp: echo, upper or time).
     #[arg(long, default_value = "echo")]
     oracle: String,
@@ -117,7 +119,7 @@ impl CampaignArgs {
         Ok(chopstick::campaign::run::parse_profiles(list)?)
     }
 
-    fn case_config(&self, framing: Framing, oracle: OracleKind) -> Result<CaseConfig> {
+    fn case_config(&self, framing: Framing, oracle: Arc<dyn Oracle>) -> Result<CaseConfig> {
         Ok(CaseConfig {
             framing,
             oracle,
@@ -158,7 +160,7 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
     if args.udp {
         return check_udp(&args, seed).await;
     }
-    let oracle: OracleKind = args.oracle.parse().map_err(anyhow::Error::msg)?;
+    let oracle = chopstick::oracle::parse(&args.oracle)?;
     let target = match (&args.connect, &args.spawn) {
         (Some(addr), _) => TargetSpec::Connect(*addr),
         (None, Some(cmd)) => TargetSpec::Spawn(cmd.clone()),
