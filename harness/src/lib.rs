@@ -1,6 +1,7 @@
 //! chopstick's library: the chaos engine, campaigns, oracles and reports behind the
 //! `chopstick` binary.
 //!
+//! - [`builder`]: [`Check`], a campaign in a few lines (defaults for everything but the target).
 //! - [`chaos`]: plans, faults, seeds and `ChaosStream` — how bytes are split, merged and cut.
 //! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
 //! - [`campaign`]: drive real servers, judge replies, check liveness, shrink, reproduce.
@@ -11,6 +12,7 @@
 //! - [`repro_file`]: reading and writing reproducer files, TCP and UDP alike.
 //! - [`udp`]: datagram faults, the UDP relay and `check --udp`.
 
+pub mod builder;
 pub mod campaign;
 pub mod chaos;
 pub mod codec;
@@ -23,6 +25,8 @@ pub mod repro_file;
 pub mod soak;
 pub mod udp;
 pub mod workload;
+
+pub use builder::{Check, Target};
 
 // The README's Rust examples run as doctests (`cargo test --doc`), so they cannot rot.
 #[cfg(doctest)]

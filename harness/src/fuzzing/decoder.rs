@@ -27,8 +27,9 @@
 //! corpus for any framing is [`decoder_seeds`]; `cargo test` can replay it on stable
 //! (`harness/tests/fuzz_decoder.rs` does, and catches a planted bug with it).
 //!
-//! ```no_run
-//! // fuzz/fuzz_targets/my_decoder.rs, after #![no_main]
+//! ```ignore
+//! // fuzz/fuzz_targets/my_decoder.rs, after #![no_main] (needs libfuzzer-sys; the
+//! // compiled copy is fuzz/fuzz_targets/fuzz_decoder.rs)
 //! use std::sync::LazyLock;
 //! use chopstick::fuzzing::fuzz_decoder;
 //! use chopstick_targets::wire::Framing;
