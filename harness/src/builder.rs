@@ -192,7 +192,7 @@ impl Check {
             target,
             target_name,
             case: CaseConfig {
-                framing: self.framing.clone(),
+                framing: self.framing,
                 oracle: self.oracle.clone(),
                 mode: Mode::Pipelined,
                 half_close: true,

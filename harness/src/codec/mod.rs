@@ -38,7 +38,7 @@
 mod display;
 pub mod strategy;
 
-pub use display::{Compact, Preview};
+pub use display::{Compact, Preview, PREVIEW_BYTES};
 
 use std::fmt;
 use std::io;
