@@ -1,6 +1,7 @@
 //! chopstick's library: the chaos engine, campaigns, oracles and reports behind the
 //! `chopstick` binary.
 //!
+//! - [`builder`]: [`Check`], a campaign in a few lines (defaults for everything but the target).
 //! - [`chaos`]: plans, faults, seeds and `ChaosStream` — how bytes are split, merged and cut.
 //! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
 //! - [`bench`]: `chopstick bench`, throughput and server CPU per fragmentation profile.
@@ -14,6 +15,7 @@
 //! - [`udp`]: datagram faults, the UDP relay and `check --udp`.
 
 pub mod bench;
+pub mod builder;
 pub mod campaign;
 pub mod chaos;
 pub mod codec;
@@ -27,3 +29,10 @@ pub mod soak;
 pub mod traffic;
 pub mod udp;
 pub mod workload;
+
+pub use builder::{Check, Target};
+
+// The README's Rust examples run as doctests (`cargo test --doc`), so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -15,8 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::campaign::FailureClass;
 
+/// Version of the `--json` layout of [`Report`]: raised when a field changes meaning or
+/// goes away (a new field does not raise it).
+pub const REPORT_FORMAT: u32 = 1;
+
 /// One target x fault line of the summary.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Row {
     pub target: String,
     pub fault: String,
@@ -57,9 +62,12 @@ impl Row {
 
 /// One failed connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FailureRecord {
     pub target: String,
     pub fault: String,
+    // A snake_case label (`truncated`, `lost`, ...): see the README's failure classes.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub class: FailureClass,
     pub conn: u64,
     /// Byte offset in the request stream where the blamed message starts, if known.
@@ -73,8 +81,10 @@ pub struct FailureRecord {
 
 /// One root cause: every failure whose shrunk case has the same [`Finding::key`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Finding {
     pub target: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub class: FailureClass,
     /// What makes two failures the same: class, the shrunk messages' sizes and the
     /// shrunk plan (or, unshrunk, the profile and class).
@@ -108,7 +118,12 @@ impl Finding {
 
 /// A whole run or check.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Report {
+    /// The version of this JSON layout (`REPORT_FORMAT`, published as
+    /// `harness/schemas/report.schema.json`); 0 in files written before the field.
+    #[serde(default)]
+    pub format: u32,
     pub chopstick: String,
     pub seed: u64,
     pub rows: Vec<Row>,
@@ -127,6 +142,7 @@ pub struct Report {
 impl Report {
     pub fn new(seed: u64) -> Report {
         Report {
+            format: REPORT_FORMAT,
             chopstick: env!("CARGO_PKG_VERSION").into(),
             seed,
             ..Report::default()
@@ -505,14 +521,10 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Writes via a temporary file and a rename, so a report is never half-written.
+/// Writes via a temporary file and a rename, so a report is never half-written
+/// ([`crate::repro_file::write_atomic`], the one writer).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    crate::repro_file::write_atomic(path, data)
 }
 
 #[cfg(test)]

@@ -69,27 +69,37 @@ pub fn write_to<R: ReproFile>(
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(wrap)?;
     let json = serde_json::to_vec_pretty(r).map_err(|e| wrap(std::io::Error::other(e)))?;
     write_atomic(&path, &json).map_err(wrap)?;
     Ok(path)
 }
 
-/// Writes `bytes` to `path` through a hidden temp file in the same directory, renamed
-/// into place: a reader (or a crash, a `kill -9`) sees the old file or the new one,
-/// never a mix. On failure the temp file is removed. The directory must exist.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+/// Mode of the files [`write_atomic`] creates, before the umask.
+const FILE_MODE: u32 = 0o644;
+
+/// Writes `data` to `path` (its directory created if missing) through a hidden temp file
+/// in the same directory and a rename, so a reader (or a crash) sees the old file or the
+/// new one, never half of one. The temp file is removed on failure. Every file
+/// chopstick writes (reproducers, `--json`, `--junit`) goes through here.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
     // Same directory as the target, so the rename stays on one file system and is atomic.
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        // Best effort: the write error is what the caller needs to hear about.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    // Readable like any file the user writes (tempfile's default is owner-only 0600);
+    // the umask still applies.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".chopstick-")
+        .suffix(".tmp")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(FILE_MODE))
+        .tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    // A failed persist hands the temp file back; dropping it removes it.
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The field every kind of reproducer has, whatever else it holds.
@@ -191,6 +201,28 @@ mod tests {
         assert!(
             e.to_string().contains("is not a chopstick toy reproducer"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_old_file_whole_with_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reports/r.json");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new contents").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // As `File::create` would make it: FILE_MODE under this process's umask.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map_or(0o022, |v| u32::from_str_radix(v.trim(), 8).unwrap());
+        assert_eq!(mode, FILE_MODE & !umask, "{mode:o}");
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
         );
     }
 

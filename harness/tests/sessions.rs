@@ -55,6 +55,7 @@ fn config(cmd: String, artifacts: &Path) -> CheckConfig {
             half_close: true,
             timing: Timing::default(),
             liveness: Duration::from_secs(2),
+            reply_framing: None,
         },
         workload: Workload {
             connections: 6,
@@ -75,6 +76,10 @@ fn config(cmd: String, artifacts: &Path) -> CheckConfig {
         shrink: true,
         shrink_budget: chopstick::campaign::shrink::DEFAULT_BUDGET,
         shrink_time: Duration::from_secs(8),
+        fail_fast: false,
+        budget: None,
+        shard: None,
+        hostile: false,
     }
 }
 

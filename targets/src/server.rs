@@ -39,7 +39,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// this (an 8 MiB frame at 70 KiB/s or faster).
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Options every server takes (DESIGN.md, "Reference servers").
+/// Options every server takes (README.md, "Reference servers").
 #[derive(Debug, Clone)]
 pub struct Common {
     /// Connections served at once; further clients wait in the listen queue.

@@ -2,7 +2,7 @@
 //! `fuzz/regressions/TARGET/*` go through the same bodies as the cargo-fuzz targets
 //! (`chopstick_targets::fuzzing`), decoded exactly as libfuzzer-sys decodes them. The targets in
 //! [`HARNESS_TARGETS`] have their bodies in `chopstick::fuzzing` and are replayed by
-//! `harness/tests/fuzz_corpus.rs`.
+//! `harness/tests/fuzz_corpus.rs` and `harness/tests/fuzz_decoder.rs`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use chopstick_targets::fuzzing;
 
 /// Fuzz targets whose bodies live in `chopstick::fuzzing`; `harness/tests/fuzz_corpus.rs`
-/// replays their inputs.
-const HARNESS_TARGETS: &[&str] = &["frame_roundtrip"];
+/// (frame_roundtrip) and `harness/tests/fuzz_decoder.rs` (fuzz_decoder) replay their inputs.
+const HARNESS_TARGETS: &[&str] = &["frame_roundtrip", "fuzz_decoder"];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")

@@ -73,7 +73,13 @@ pub async fn preflight(
     if !PLAIN_ORACLES.contains(&config.oracle.name()) {
         return Ok(());
     }
-    let big = largest.min(BIG_PROBE).min(config.framing.max());
+    // A raw message is one write the server reads with one `recv` of its own size:
+    // nothing tells a big one apart from a short buffer, so raw sends only the small probe.
+    let big = if config.framing.is_raw() {
+        0
+    } else {
+        largest.min(BIG_PROBE).min(config.framing.max())
+    };
     let big_probe: Bytes = PROBE
         .iter()
         .copied()
@@ -220,7 +226,7 @@ pub async fn raw_exchange(
             Ok(Ok(n)) => {
                 out.bytes.extend_from_slice(&buf[..n]);
                 // A quiet spell after some bytes is the end of the reply.
-                if decodes_whole(&config.framing, &out.bytes).is_some_and(|f| f.len() >= due) {
+                if decodes_whole(config.reply_framing(), &out.bytes).is_some_and(|f| f.len() >= due) {
                     break;
                 }
             }
@@ -409,6 +415,7 @@ mod tests {
             half_close: true,
             timing: Timing::default(),
             liveness: Duration::from_secs(1),
+            reply_framing: None,
         }
     }
 

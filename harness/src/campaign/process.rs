@@ -16,38 +16,10 @@ const STDERR_TAIL_LINES: usize = 20;
 #[error("bad command line: {0}")]
 pub struct BadCommand(pub String);
 
-/// Splits a command line on whitespace; '...' and "..." group words. No shell involved.
+/// Splits a command line into words as a POSIX shell would ('...', "...", `\` escapes;
+/// `shell_words::join` of the words gives them back). No shell is run.
 pub fn split_command(cmd: &str) -> Result<Vec<String>, BadCommand> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quote = None;
-    let mut in_word = false;
-    for c in cmd.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(BadCommand(format!("unterminated quote in `{cmd}`")));
-    }
-    if in_word {
-        words.push(cur);
-    }
+    let words = shell_words::split(cmd).map_err(|e| BadCommand(format!("{e} in `{cmd}`")))?;
     if words.is_empty() {
         return Err(BadCommand("empty command".into()));
     }
@@ -177,5 +149,23 @@ mod tests {
         assert_eq!(split_command("a ''").unwrap(), ["a", ""]);
         assert!(split_command("a 'b").is_err());
         assert!(split_command("   ").is_err());
+    }
+
+    #[test]
+    fn quotes_and_escapes_round_trip_through_a_shell_quoted_join() {
+        assert_eq!(
+            split_command(r#"srv --name my\ server 'it'\''s' "a \"b\"" {port}"#).unwrap(),
+            ["srv", "--name", "my server", "it's", "a \"b\"", "{port}"]
+        );
+        let words = [
+            "python3",
+            "dir with space/x.py",
+            "it's",
+            "$HOME",
+            "a\\b",
+            "{port}",
+        ];
+        let line = shell_words::join(words);
+        assert_eq!(split_command(&line).unwrap(), words);
     }
 }

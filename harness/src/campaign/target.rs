@@ -26,7 +26,7 @@ const STARTUP: Duration = Duration::from_secs(15);
 #[serde(rename_all = "snake_case")]
 pub enum TargetSpec {
     Connect(SocketAddr),
-    /// A command line with `{port}`; split on whitespace, single or double quotes group.
+    /// A command line with `{port}`, split into words as a POSIX shell would ([`split_command`]).
     Spawn(String),
     /// A client command line with `{port}` (chopstick listens there); started per case.
     Client {
@@ -86,10 +86,21 @@ pub struct Target {
     pub spec: TargetSpec,
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// The spawned child's process group (its pid), killed with it.
+    pgid: Option<u32>,
     stderr: Arc<Mutex<Vec<u8>>>,
     pub restarts: u32,
     /// `--client`: the client started for each case.
     pub client: Option<ClientTarget>,
+}
+
+/// Kills a spawned target's whole process group (it leads its own, see `spawn`), so
+/// the processes it started die with it: a shell script's children too.
+pub(crate) fn kill_group(pgid: u32) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        // SAFETY: kill(2) takes plain integers; a negative pid names the process group.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
 }
 
 fn free_port() -> Result<u16, TargetError> {
@@ -103,6 +114,7 @@ impl Target {
             spec: spec.clone(),
             addr: "127.0.0.1:0".parse().expect("literal"),
             child: None,
+            pgid: None,
             stderr: Arc::default(),
             restarts: 0,
             client: None,
@@ -162,11 +174,14 @@ impl Target {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so `kill` reaches whatever it starts.
+            .process_group(0)
             .spawn()
             .map_err(|source| TargetError::Spawn {
                 cmd: cmd.clone(),
                 source,
             })?;
+        self.pgid = child.id();
         if let Some(err) = child.stderr.take() {
             tokio::spawn(capture_tail(err, self.stderr.clone()));
         }
@@ -248,9 +263,21 @@ impl Target {
         if let Some(client) = self.client.as_mut() {
             client.kill().await;
         }
+        if let Some(pgid) = self.pgid.take() {
+            kill_group(pgid);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // `kill_on_drop` reaches the child only; its group goes here.
+        if let Some(pgid) = self.pgid.take() {
+            kill_group(pgid);
         }
     }
 }

@@ -28,7 +28,8 @@ pub struct CheckArgs {
     connect: Option<SocketAddr>,
     /// Command that starts the server; `{port}` is replaced by a free port. chopstick
     /// waits until it accepts connections, watches it, captures its stderr and restarts
-    /// it after it dies. Split on whitespace (quotes group), no shell.
+    /// it after it dies. Split into words as a shell would (quotes, backslashes), but no
+    /// shell runs.
     #[arg(long)]
     spawn: Option<String>,
     /// Command that starts a client receiver; `{port}` is replaced by the port chopstick
@@ -42,7 +43,7 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value_t = ClientOutputArg::Echo, requires = "client")]
     client_output: ClientOutputArg,
     /// Framing spec of requests and replies.
-    #[arg(long, default_value = "u32be")]
+    #[arg(long, default_value = "u32be", conflicts_with = "udp")]
     framing: Framing,
     /// Framing of the replies when it differs from --framing's (e.g. `--framing raw
     /// --reply-framing i32le`). A `raw` side runs ping-pong, one message per write,
@@ -63,7 +64,7 @@ pub struct CheckArgs {
     #[arg(long)]
     udp: bool,
     /// Datagrams to send (--udp).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, requires = "udp")]
     datagrams: usize,
     /// Stop at the first confirmed failure (after shrinking it and writing its
     /// reproducer).
@@ -80,14 +81,14 @@ pub struct CheckArgs {
     campaign: CampaignArgs,
 }
 
-/// Options shared by `check` and `run`.
+/// The campaign's options. Those `--udp` ignores conflict with it: refused, not dropped.
 #[derive(Args, Debug)]
 pub struct CampaignArgs {
     /// Connections per fault profile.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, conflicts_with = "udp")]
     connections: usize,
     /// Messages per connection.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, conflicts_with = "udp")]
     messages: usize,
     /// Largest message (sizes 0, 1, around the header width and large are drawn).
     #[arg(long, value_parser = size_arg, default_value = "1MiB")]
@@ -104,30 +105,30 @@ pub struct CampaignArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Send everything at once (pipelined) or wait for each reply (ping-pong).
-    #[arg(long, value_enum, default_value_t = ModeArg::Pipelined)]
+    #[arg(long, value_enum, default_value_t = ModeArg::Pipelined, conflicts_with = "udp")]
     mode: ModeArg,
     /// Do not send a FIN after the last request (for servers that treat it as abort).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "udp")]
     no_half_close: bool,
     /// Seconds to wait for the next reply before calling it a hang.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, conflicts_with = "udp")]
     reply_timeout: f64,
     /// Seconds a fresh connection may take to be served after a fault (--client: seconds
     /// the client may take to exit once its connection has ended).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, conflicts_with = "udp")]
     liveness: f64,
     /// Do not shrink failures (reproducers are then the unshrunk cases).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "udp")]
     no_shrink: bool,
     /// Seconds allowed for shrinking one failure (a hanging server costs a reply
     /// timeout per attempt).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, conflicts_with = "udp")]
     shrink_time: f64,
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the report as JUnit XML (one test case per target x fault).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "udp")]
     junit: Option<PathBuf>,
     /// Directory for reproducer files.
     #[arg(long, default_value = "chopstick-artifacts")]

@@ -36,9 +36,41 @@ use clap::{Parser, Subcommand};
 /// splitting/coalescing/disconnect chaos, oracles, shrunk reproducers.
 #[derive(Parser, Debug)]
 #[command(name = "chopstick", version, about)]
+#[command(
+    after_help = "Logging goes to stderr: warnings by default (serve: info). -q, -v \
+and -vv set the level; RUST_LOG (e.g. RUST_LOG=chopstick=debug) overrides both. Colour \
+only on a terminal, and never with NO_COLOR set."
+)]
 struct Cli {
+    /// Errors only on stderr, and no progress bar.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Set by `-q`: no progress bar.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The log level from `-q`/`-v` (RUST_LOG, when set, wins over it).
+fn log_level(cli: &Cli) -> &'static str {
+    match (cli.quiet, cli.verbose, &cli.command) {
+        (true, _, _) => "error",
+        (false, 0, Command::Serve(_)) => "info",
+        (false, 0, _) => "warn",
+        (false, 1, _) => "info",
+        (false, 2, _) => "debug",
+        (false, _, _) => "trace",
+    }
+}
+
+/// Colour codes only for a person at a terminal, not in CI logs or captured stderr, and
+/// never when `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,14 +111,14 @@ pub fn main() -> ExitCode {
     // runtime and tracing come later), as `take_env_key` requires.
     unsafe { chopstick_targets::auth::take_env_key() };
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
-    };
+    let default_level = log_level(&cli);
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in CI logs or captured stderr.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
@@ -164,7 +196,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal).
+/// The progress bar of `run` and `check`.
 struct Bar(indicatif::ProgressBar);
 
 impl Progress for Bar {
@@ -194,9 +226,39 @@ impl Progress for Bar {
     }
 }
 
+/// A progress bar on stderr (hidden when stderr is not a terminal, and with `-q`).
 fn bar() -> Bar {
-    Bar(indicatif::ProgressBar::with_draw_target(
-        None,
-        indicatif::ProgressDrawTarget::stderr(),
-    ))
+    let target = if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    };
+    Bar(indicatif::ProgressBar::with_draw_target(None, target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_color_set_to_anything_turns_colour_off_and_empty_does_not() {
+        assert!(colour(true, None));
+        assert!(!colour(true, Some("1".into())));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(false, None));
+    }
+
+    #[test]
+    fn quiet_and_verbose_set_the_default_log_level() {
+        let level = |args: &[&str]| {
+            let mut argv = vec!["chopstick"];
+            argv.extend(args);
+            log_level(&Cli::try_parse_from(argv).unwrap())
+        };
+        assert_eq!(level(&["replay", "f.json"]), "warn");
+        assert_eq!(level(&["serve", "echo"]), "info");
+        assert_eq!(level(&["-q", "replay", "f.json"]), "error");
+        assert_eq!(level(&["replay", "-vv", "f.json"]), "debug");
+        assert!(Cli::try_parse_from(["chopstick", "-q", "-v", "replay", "f"]).is_err());
+    }
 }

@@ -11,8 +11,14 @@
 //! a clean end if the stream ended at a frame boundary, or an error if it was cut inside
 //! a frame or reset.
 //!
+//! [`Rules`] relaxes that for protocols such as JSON Lines, where a last line without
+//! its terminator is a valid end of stream: [`check_framing_with`] / [`check_with`].
+//! [`check_text`] checks a text codec such as tokio-util's `LinesCodec`, whose encoder
+//! takes `AsRef<str>` items.
+//!
 //! [`strategy`] has proptest strategies for messages, plans and whole cases, so a check
-//! is a few lines and proptest shrinks failures and stores regression files:
+//! is a few lines and proptest shrinks failures and stores regression files (a failing
+//! [`strategy::Case`] prints on one line with `{case}`):
 //!
 //! ```
 //! use chopstick::codec::strategy;
@@ -23,13 +29,16 @@
 //!     // In a test file: #[test]
 //!     fn u32be_codec_survives_chaos(case in strategy::case(Framing::default(), 300)) {
 //!         let verdict = case.check(|| Framing::default().codec());
-//!         prop_assert!(verdict.is_pass(), "{verdict}\n{case:?}");
+//!         prop_assert!(verdict.is_pass(), "{verdict}\n{case}");
 //!     }
 //! }
 //! # u32be_codec_survives_chaos();
 //! ```
 
+mod display;
 pub mod strategy;
+
+pub use display::{Compact, Preview, PREVIEW_BYTES};
 
 use std::fmt;
 use std::io;
@@ -159,11 +168,40 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// What a correct decoder must do at the end of a stream. The default is strict: a
+/// stream closed inside a frame must end in an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rules {
+    /// A stream closed (FIN, not reset) inside a frame ends with the bytes received of
+    /// that frame as one last frame, as JSON Lines allows a last line without its
+    /// newline. Only meaningful for framings whose frame is the payload then a
+    /// terminator (`line`): the expected last frame is the received prefix of its message.
+    pub unterminated_last_frame: bool,
+}
+
+impl Rules {
+    /// Strict: EOF inside a frame is an error ([`Verdict::TruncatedAtEof`] if the decoder
+    /// returns the short frame, [`Verdict::MissingError`] if it ends cleanly).
+    pub fn strict() -> Rules {
+        Rules::default()
+    }
+
+    /// JSON Lines: an unterminated last line is data, see [`Rules::unterminated_last_frame`].
+    pub fn json_lines() -> Rules {
+        Rules {
+            unterminated_last_frame: true,
+        }
+    }
+}
+
 /// Checks a codec that encodes its own messages: `make_codec()` builds a fresh codec for
 /// encoding and another for decoding.
 ///
 /// Only whole-frame boundaries are known here (each message's encoding), so plans for it
-/// should come from [`strategy::plan_for`] with coarse layouts, or from any fault.
+/// should come from [`strategy::plan_for`] with coarse layouts, or from any fault. For a
+/// codec whose encoder takes text (`LinesCodec`), see [`check_text`]; for a decoder of a
+/// known [`Framing`], [`check_framing`] aims the faults at its exact layouts.
 pub fn check<C, F, M>(make_codec: F, messages: &[M], plan: &Plan) -> Verdict
 where
     F: Fn() -> C,
@@ -173,19 +211,58 @@ where
     <C as Decoder>::Error: From<io::Error> + fmt::Display,
     <C as Encoder<Bytes>>::Error: fmt::Display,
 {
-    let mut encoder = make_codec();
-    let mut stream = BytesMut::new();
-    let mut ends = Vec::with_capacity(messages.len());
-    for (index, m) in messages.iter().enumerate() {
-        if let Err(e) = encoder.encode(Bytes::copy_from_slice(m.as_ref()), &mut stream) {
-            return Verdict::EncodeFailed {
-                index,
-                error: e.to_string(),
-            };
-        }
-        ends.push(stream.len());
+    check_with(make_codec, messages, plan, Rules::strict())
+}
+
+/// [`check`] under other end-of-stream [`Rules`].
+pub fn check_with<C, F, M>(make_codec: F, messages: &[M], plan: &Plan, rules: Rules) -> Verdict
+where
+    F: Fn() -> C,
+    C: Decoder + Encoder<Bytes>,
+    M: AsRef<[u8]>,
+    C::Item: AsRef<[u8]>,
+    <C as Decoder>::Error: From<io::Error> + fmt::Display,
+    <C as Encoder<Bytes>>::Error: fmt::Display,
+{
+    let encoded = encode_with(&mut make_codec(), messages, |m| {
+        Bytes::copy_from_slice(m.as_ref())
+    });
+    match encoded {
+        Ok((stream, ends)) => run(&stream, &ends, make_codec, messages, plan, rules),
+        Err(verdict) => verdict,
     }
-    run(&stream.freeze(), &ends, make_codec, messages, plan)
+}
+
+/// Checks a text codec, one whose encoder takes `&str` items (tokio-util's `LinesCodec`,
+/// `AnyDelimiterCodec` with text): `make_codec()` builds the encoder and the decoder.
+///
+/// ```
+/// use chopstick::codec::{check_text, Rules, Verdict};
+/// use tokio_util::codec::LinesCodec;
+///
+/// let plan = "w3 w1 w2 close".parse().unwrap();
+/// assert_eq!(check_text(LinesCodec::new, &["ab", "cd"], &plan, Rules::strict()), Verdict::Pass);
+/// // Cut before the last newline: LinesCodec returns the unterminated line, which JSON
+/// // Lines allows and a strict protocol does not.
+/// let cut = "w5 close".parse().unwrap();
+/// assert_eq!(check_text(LinesCodec::new, &["ab", "cd"], &cut, Rules::json_lines()), Verdict::Pass);
+/// assert_eq!(check_text(LinesCodec::new, &["ab", "cd"], &cut, Rules::strict()).kind(), "truncated_at_eof");
+/// ```
+pub fn check_text<C, F, M>(make_codec: F, messages: &[M], plan: &Plan, rules: Rules) -> Verdict
+where
+    F: Fn() -> C,
+    C: Decoder + for<'a> Encoder<&'a str>,
+    M: AsRef<str>,
+    C::Item: AsRef<[u8]>,
+    <C as Decoder>::Error: From<io::Error> + fmt::Display,
+    for<'a> <C as Encoder<&'a str>>::Error: fmt::Display,
+{
+    let bytes: Vec<&[u8]> = messages.iter().map(|m| m.as_ref().as_bytes()).collect();
+    let encoded = encode_with(&mut make_codec(), messages, |m| m.as_ref());
+    match encoded {
+        Ok((stream, ends)) => run(&stream, &ends, make_codec, &bytes, plan, rules),
+        Err(verdict) => verdict,
+    }
 }
 
 /// Checks a decoder of a known framing: messages are encoded with `framing`.
@@ -202,10 +279,52 @@ where
     D::Item: AsRef<[u8]>,
     D::Error: From<io::Error> + fmt::Display,
 {
+    check_framing_with(framing, make_decoder, messages, plan, Rules::strict())
+}
+
+/// [`check_framing`] under other end-of-stream [`Rules`].
+pub fn check_framing_with<D, F, M>(
+    framing: &Framing,
+    make_decoder: F,
+    messages: &[M],
+    plan: &Plan,
+    rules: Rules,
+) -> Verdict
+where
+    F: Fn() -> D,
+    D: Decoder,
+    M: AsRef<[u8]>,
+    D::Item: AsRef<[u8]>,
+    D::Error: From<io::Error> + fmt::Display,
+{
     match encode(framing, messages) {
-        Ok((stream, ends)) => run(&stream, &ends, make_decoder, messages, plan),
+        Ok((stream, ends)) => run(&stream, &ends, make_decoder, messages, plan, rules),
         Err(verdict) => verdict,
     }
+}
+
+/// Encodes `messages` with a codec's encoder: the stream and each frame's end offset.
+fn encode_with<'m, M, I, E>(
+    encoder: &mut E,
+    messages: &'m [M],
+    item: impl Fn(&'m M) -> I,
+) -> Result<(Bytes, Vec<usize>), Verdict>
+where
+    E: Encoder<I>,
+    E::Error: fmt::Display,
+{
+    let mut stream = BytesMut::new();
+    let mut ends = Vec::with_capacity(messages.len());
+    for (index, m) in messages.iter().enumerate() {
+        encoder
+            .encode(item(m), &mut stream)
+            .map_err(|e| Verdict::EncodeFailed {
+                index,
+                error: e.to_string(),
+            })?;
+        ends.push(stream.len());
+    }
+    Ok((stream.freeze(), ends))
 }
 
 /// Encodes `messages` with `framing`: the stream and each frame's end offset.
@@ -239,6 +358,7 @@ fn run<D, F, M>(
     make_decoder: F,
     messages: &[M],
     plan: &Plan,
+    rules: Rules,
 ) -> Verdict
 where
     F: Fn() -> D,
@@ -254,7 +374,19 @@ where
     };
     let whole = ends.iter().take_while(|&&end| end <= cut).count();
     let at_boundary = cut == 0 || (whole > 0 && ends[whole - 1] == cut);
-    let error_due = ending == Some(Ending::Reset) || !at_boundary;
+    let mut error_due = ending == Some(Ending::Reset) || !at_boundary;
+    // Under `unterminated_last_frame` a FIN inside frame `whole` makes its received
+    // prefix one more frame that must come out, instead of an error.
+    let mut owed: Vec<&[u8]> = messages.iter().map(AsRef::as_ref).collect();
+    let mut whole = whole;
+    if rules.unterminated_last_frame && ending == Some(Ending::Close) && !at_boundary {
+        let start = if whole == 0 { 0 } else { ends[whole - 1] };
+        let message = owed[whole];
+        owed[whole] = &message[..(cut - start).min(message.len())];
+        whole += 1;
+        error_due = false;
+    }
+    let messages = owed.as_slice();
 
     // A decoder that keeps producing frames out of nothing is cut off here.
     let limit = messages.len() + 2;
@@ -320,7 +452,9 @@ fn judge<M: AsRef<[u8]>>(
         if index >= whole {
             // Beyond what was delivered whole: a short copy of the cut frame, or invented.
             let cut_frame = index < messages.len() && index == whole;
-            return if cut_frame && frame.len() < msg(index).len() && msg(index).starts_with(frame) {
+            // Equal length counts too: a line cut just before its newline.
+            return if cut_frame && frame.len() <= msg(index).len() && msg(index).starts_with(frame)
+            {
                 Verdict::TruncatedAtEof {
                     index,
                     expected_len: msg(index).len(),

@@ -9,11 +9,13 @@
 use bytes::BytesMut;
 use chopstick_targets::wire::{FrameLayout, Framing};
 use proptest::prelude::*;
+use proptest::strategy::{NewTree, ValueTree};
+use proptest::test_runner::TestRunner;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio_util::codec::Decoder;
 
-use super::{check_framing, Verdict};
+use super::{check_framing_with, Rules, Verdict};
 use crate::chaos::{FaultSet, Plan};
 
 /// The fault profiles [`fault_sets`] picks from, simplest first (shrinking goes there).
@@ -56,13 +58,75 @@ fn header_len(framing: &Framing) -> usize {
 /// One payload of 0..=`max_len` bytes, sizes biased towards 0, 1, `header`±1 and `max_len`.
 pub fn payload(header: usize, max_len: usize, line: bool) -> impl Strategy<Value = Vec<u8>> {
     let byte = any::<u8>().prop_map(move |b| if line && b == b'\n' { b'n' } else { b });
+    payload_of(byte, header, max_len)
+}
+
+/// One payload of bytes from `byte`, sizes biased as in [`payload`]. A payload drawn at
+/// `max_len` shrinks in size (by bisection towards empty), like the others.
+pub fn payload_of(
+    byte: impl Strategy<Value = u8> + Clone,
+    header: usize,
+    max_len: usize,
+) -> impl Strategy<Value = Vec<u8>> {
     let near_header = header.saturating_sub(1).min(max_len)..=(header + 1).min(max_len);
     prop_oneof![
         4 => prop::collection::vec(byte.clone(), 0..=max_len.min(2 * header + 2)),
         2 => prop::collection::vec(byte.clone(), near_header),
         1 => prop::collection::vec(byte.clone(), 0..=1),
-        1 => prop::collection::vec(byte, max_len..=max_len),
+        1 => Largest { byte, len: max_len },
     ]
+}
+
+/// Printable ASCII payloads (`' '..='~'`, so no newline), sizes biased as in
+/// [`payload`]: for text codecs such as `LinesCodec` that reject bytes that are not UTF-8.
+pub fn text_payload(header: usize, max_len: usize) -> impl Strategy<Value = Vec<u8>> {
+    payload_of(b' '..=b'~', header, max_len)
+}
+
+/// `len` bytes from `byte`, shrinking by length: proptest's `vec(_, n..=n)` cannot get
+/// shorter than `n`, so a failure found with a large message would stay large.
+#[derive(Debug, Clone)]
+struct Largest<S> {
+    byte: S,
+    len: usize,
+}
+
+impl<S: Strategy<Value = u8>> Strategy for Largest<S> {
+    type Tree = LargestTree;
+    type Value = Vec<u8>;
+
+    fn new_tree(&self, runner: &mut TestRunner) -> NewTree<Self> {
+        let bytes = (0..self.len)
+            .map(|_| self.byte.new_tree(runner).map(|t| t.current()))
+            .collect::<Result<Vec<u8>, _>>()?;
+        Ok(LargestTree {
+            bytes,
+            len: proptest::num::usize::BinarySearch::new(self.len),
+        })
+    }
+}
+
+/// A [`Largest`] value: its bytes, and a length that bisects towards 0 as it shrinks.
+#[derive(Debug, Clone)]
+struct LargestTree {
+    bytes: Vec<u8>,
+    len: proptest::num::usize::BinarySearch,
+}
+
+impl ValueTree for LargestTree {
+    type Value = Vec<u8>;
+
+    fn current(&self) -> Vec<u8> {
+        self.bytes[..self.len.current()].to_vec()
+    }
+
+    fn simplify(&mut self) -> bool {
+        self.len.simplify()
+    }
+
+    fn complicate(&mut self) -> bool {
+        self.len.complicate()
+    }
 }
 
 /// 0..=8 payloads valid for `framing`, each at most `max_len` bytes (and the framing's max).
@@ -132,7 +196,7 @@ impl Case {
         self.messages.iter().map(Vec::len).sum()
     }
 
-    /// Runs [`check_framing`] on this case with a fresh decoder from `make_decoder`.
+    /// Runs [`check_framing`](super::check_framing) on this case with a fresh decoder from `make_decoder`.
     pub fn check<D, F>(&self, make_decoder: F) -> Verdict
     where
         F: Fn() -> D,
@@ -140,7 +204,24 @@ impl Case {
         D::Item: AsRef<[u8]>,
         D::Error: From<std::io::Error> + std::fmt::Display,
     {
-        check_framing(&self.framing, make_decoder, &self.messages, &self.plan)
+        self.check_with(make_decoder, Rules::strict())
+    }
+
+    /// Runs [`check_framing_with`] on this case under `rules` (e.g. [`Rules::json_lines`]).
+    pub fn check_with<D, F>(&self, make_decoder: F, rules: Rules) -> Verdict
+    where
+        F: Fn() -> D,
+        D: Decoder,
+        D::Item: AsRef<[u8]>,
+        D::Error: From<std::io::Error> + std::fmt::Display,
+    {
+        check_framing_with(
+            &self.framing,
+            make_decoder,
+            &self.messages,
+            &self.plan,
+            rules,
+        )
     }
 }
 
@@ -155,8 +236,46 @@ pub fn case_with(
     max_len: usize,
     faults: impl Strategy<Value = FaultSet>,
 ) -> impl Strategy<Value = Case> {
+    let messages = messages_for(&framing, max_len);
+    case_of(framing, messages, faults)
+}
+
+/// Cases for `framing` with 0..=8 payloads from `payload` and faults from
+/// [`fault_sets`]: e.g. [`text_payload`] for a text-only codec. The payloads must be
+/// valid for `framing` (no newline for `line`, at most its `max`).
+///
+/// ```
+/// use chopstick::codec::{strategy, Rules};
+/// use chopstick_targets::wire::Framing;
+/// use proptest::prelude::*;
+/// use tokio_util::codec::LinesCodec;
+///
+/// proptest! {
+///     // In a test file: #[test]
+///     fn lines_codec_survives_chaos(case in strategy::case_with_payload(
+///         "line".parse::<Framing>().unwrap(), strategy::text_payload(1, 64))) {
+///         // LinesCodec returns an unterminated last line, as JSON Lines allows.
+///         let verdict = case.check_with(LinesCodec::new, Rules::json_lines());
+///         prop_assert!(verdict.is_pass(), "{verdict}\n{case}");
+///     }
+/// }
+/// # lines_codec_survives_chaos();
+/// ```
+pub fn case_with_payload(
+    framing: Framing,
+    payload: impl Strategy<Value = Vec<u8>>,
+) -> impl Strategy<Value = Case> {
+    case_of(framing, prop::collection::vec(payload, 0..=8), fault_sets())
+}
+
+/// Cases for `framing` with message lists from `messages` and faults from `faults`.
+pub fn case_of(
+    framing: Framing,
+    messages: impl Strategy<Value = Vec<Vec<u8>>>,
+    faults: impl Strategy<Value = FaultSet>,
+) -> impl Strategy<Value = Case> {
     // Tuples shrink element by element and never go back, so the fault set and seed
     // settle first and the messages then shrink under that (simplest failing) plan.
-    (faults, any::<u64>(), messages_for(&framing, max_len))
+    (faults, any::<u64>(), messages)
         .prop_map(move |(faults, seed, messages)| Case::new(framing, messages, faults, seed))
 }

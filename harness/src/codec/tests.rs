@@ -131,3 +131,134 @@ fn an_unencodable_message_is_reported_not_checked() {
     let verdict = check_framing(&framing, || framing.codec(), &[b"a\nb"], &Plan::default());
     assert!(matches!(verdict, Verdict::EncodeFailed { index: 0, .. }));
 }
+
+/// A `line` decoder that, at EOF, returns or drops the unterminated rest of the stream.
+struct LineTail {
+    inner: tokio_util::codec::LinesCodec,
+    keep_tail: bool,
+}
+
+impl Decoder for LineTail {
+    type Item = String;
+    type Error = tokio_util::codec::LinesCodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, Self::Error> {
+        self.inner.decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<String>, Self::Error> {
+        if self.keep_tail {
+            return self.inner.decode_eof(src);
+        }
+        let frame = self.inner.decode(src)?;
+        if frame.is_none() {
+            src.clear();
+        }
+        Ok(frame)
+    }
+}
+
+#[test]
+fn under_json_lines_rules_an_unterminated_last_line_must_come_out_as_a_frame() {
+    let framing: Framing = "line".parse().unwrap();
+    let m = ["ab", "cdef"];
+    // "ab\ncd" then FIN: the last line is cut after two of its bytes.
+    let cut: Plan = "w5 close".parse().unwrap();
+    let keeps = || LineTail {
+        inner: tokio_util::codec::LinesCodec::new(),
+        keep_tail: true,
+    };
+    let drops = || LineTail {
+        inner: tokio_util::codec::LinesCodec::new(),
+        keep_tail: false,
+    };
+    let jsonl = Rules::json_lines();
+    assert_eq!(
+        check_framing_with(&framing, keeps, &m, &cut, jsonl),
+        Verdict::Pass
+    );
+    assert!(matches!(
+        check_framing_with(&framing, keeps, &m, &cut, Rules::strict()),
+        Verdict::TruncatedAtEof { index: 1, .. }
+    ));
+    assert_eq!(
+        check_framing_with(&framing, drops, &m, &cut, jsonl),
+        Verdict::Lost {
+            expected: 2,
+            got: 1
+        }
+    );
+    // A strict decoder's error is wrong where the rules say the tail is data.
+    assert!(matches!(
+        check_framing_with(&framing, || framing.codec(), &m, &cut, jsonl),
+        Verdict::UnexpectedError { frames: 1, .. }
+    ));
+    // A reset is still an error, and a clean end between lines still a clean end.
+    let reset: Plan = "w5 reset".parse().unwrap();
+    assert_eq!(
+        check_framing_with(&framing, || framing.codec(), &m, &reset, jsonl),
+        Verdict::Pass
+    );
+    let between: Plan = "w3 close".parse().unwrap();
+    assert_eq!(
+        check_framing_with(&framing, keeps, &m, &between, jsonl),
+        Verdict::Pass
+    );
+}
+
+#[test]
+fn a_text_codec_is_checked_through_its_str_encoder() {
+    let plan: Plan = "w1 w1 w1 w1 w1 w1".parse().unwrap();
+    assert_eq!(
+        check_text(
+            tokio_util::codec::LinesCodec::new,
+            &["ab", "", "c"],
+            &plan,
+            Rules::strict()
+        ),
+        Verdict::Pass
+    );
+    assert!(matches!(
+        check_text(
+            tokio_util::codec::LinesCodec::new,
+            &["a\nb"],
+            &plan,
+            Rules::strict()
+        ),
+        Verdict::Corrupted { .. } | Verdict::PhantomFrame { .. }
+    ));
+}
+
+#[test]
+fn a_payload_drawn_at_max_len_shrinks_in_size() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    const MAX_LEN: usize = 1000;
+    const FAILS_FROM: usize = 100;
+    let strategy = strategy::payload(4, MAX_LEN, false);
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    // Draw until the max_len branch comes up (1 in 8), then shrink as proptest does.
+    let mut tree = (0..1000)
+        .map(|_| strategy.new_tree(&mut runner).unwrap())
+        .find(|t| t.current().len() == MAX_LEN)
+        .expect("a max_len payload within 1000 draws");
+    // proptest's loop: simplify while the case fails, complicate when it passes, keep
+    // the last failing value. Bounded by the bisection's steps (about 2 x 10 bits).
+    let mut smallest_failing = MAX_LEN;
+    for _ in 0..10_000 {
+        let len = tree.current().len();
+        let moved = if len >= FAILS_FROM {
+            smallest_failing = smallest_failing.min(len);
+            tree.simplify()
+        } else {
+            tree.complicate()
+        };
+        if !moved {
+            break;
+        }
+    }
+    assert_eq!(smallest_failing, FAILS_FROM);
+}

@@ -41,6 +41,7 @@ const RSS_SETTLE: Duration = Duration::from_secs(20);
 
 /// Figures of one target's abrupt-disconnect run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CutFigures {
     pub target: String,
     pub connections: u64,

@@ -56,6 +56,7 @@ pub struct ClientResult {
 
 /// Figures of one load run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LoadFigures {
     pub target: String,
     pub requested: usize,

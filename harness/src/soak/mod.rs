@@ -54,6 +54,7 @@ pub use sys::FdLimit;
 
 /// Scale knobs of a soak run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SoakConfig {
     /// Connections held open at once in the load test (echo, and through the proxy).
     pub load_connections: usize,
@@ -108,6 +109,7 @@ pub enum SoakError {
 
 /// The machine the figures were measured on.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -139,9 +141,17 @@ impl Machine {
     }
 }
 
+/// Version of `soak --json`'s layout ([`SoakReport`]): raised when a field changes
+/// meaning or goes away.
+pub const SOAK_REPORT_FORMAT: u32 = 1;
+
 /// Everything a soak run measured.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SoakReport {
+    /// The version of this JSON layout (`SOAK_REPORT_FORMAT`, published as
+    /// `harness/schemas/soak-report.schema.json`).
+    pub format: u32,
     pub config: SoakConfig,
     pub machine: Machine,
     pub fd_limit: FdLimit,
@@ -222,6 +232,7 @@ pub async fn run(config: &SoakConfig) -> Result<SoakReport, SoakError> {
         failures.push(format!("{panics} panics during the soak"));
     }
     Ok(SoakReport {
+        format: SOAK_REPORT_FORMAT,
         config: config.clone(),
         machine: Machine::read(),
         fd_limit,

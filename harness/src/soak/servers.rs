@@ -19,6 +19,7 @@ const SOAK_MAX_WAITING: usize = 4096;
 
 /// What a soak run is pointed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Echo,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// The fd limit after trying to raise the soft limit to the hard one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FdLimit {
     pub soft_before: u64,
     pub soft: u64,

@@ -49,6 +49,7 @@ pub const TIME_FORMATS: &[&str] = &[
 
 /// What a correct reply is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum UdpOracle {
@@ -143,6 +144,7 @@ pub struct Request {
 
 /// What went wrong with one reply or request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FailureKind {
@@ -167,16 +169,21 @@ impl std::fmt::Display for FailureKind {
 
 /// One failure, with expected vs seen where they exist.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UdpFailure {
     pub kind: FailureKind,
     pub seq: Option<u64>,
     pub detail: String,
+    // A payload is a string, or `{"hex": "..."}` when it is not UTF-8.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<serde_json::Value>"))]
     pub expected: Option<Payload>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<serde_json::Value>"))]
     pub seen: Option<Payload>,
 }
 
 /// Counts per fault, injected by the check or observed in the replies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FaultCounts {
     pub lost: u64,
     pub duplicated: u64,
@@ -186,9 +193,17 @@ pub struct FaultCounts {
     pub delayed: u64,
 }
 
+/// Version of `check --udp --json`'s layout ([`UdpCheckReport`]): raised when a field
+/// changes meaning or goes away.
+pub const UDP_REPORT_FORMAT: u32 = 1;
+
 /// The result of one check run.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UdpCheckReport {
+    /// The version of this JSON layout (`UDP_REPORT_FORMAT`, published as
+    /// `harness/schemas/udp-report.schema.json`).
+    pub format: u32,
     pub seed: u64,
     pub target: String,
     pub oracle: UdpOracle,
@@ -660,6 +675,7 @@ async fn check_with(
     let x = exchange(target.addr, &reqs, params(config)).await?;
     let j = judge(config.oracle, &reqs, &x, config.time_tolerance);
     let mut report = UdpCheckReport {
+        format: UDP_REPORT_FORMAT,
         seed: config.seed,
         target: config.target.to_string(),
         oracle: config.oracle,

@@ -101,6 +101,8 @@ impl RunningTarget {
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .kill_on_drop(true)
+                    // Its own process group, killed whole (see `Drop`).
+                    .process_group(0)
                     .spawn()
                     .map_err(|source| UdpTargetError::Spawn {
                         cmd: cmd.clone(),
@@ -169,11 +171,23 @@ impl RunningTarget {
         String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 
-    /// Stops a spawned target and waits for it (bounded).
+    /// Stops a spawned target and its process group, and waits for it (bounded).
     pub async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
+            if let Some(pgid) = child.id() {
+                crate::campaign::target::kill_group(pgid);
+            }
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+    }
+}
+
+impl Drop for RunningTarget {
+    fn drop(&mut self) {
+        // `kill_on_drop` reaches the child only; its group goes here.
+        if let Some(pgid) = self.child.as_ref().and_then(Child::id) {
+            crate::campaign::target::kill_group(pgid);
         }
     }
 }

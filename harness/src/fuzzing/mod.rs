@@ -1,6 +1,11 @@
-//! Body of the cargo-fuzz target `frame_roundtrip` (feature `fuzzing`): arbitrary
-//! messages under an arbitrary framing, encoded, pushed through [`ChaosStream`]s playing
-//! arbitrary plans, and decoded again.
+//! Fuzzing through chopstick's chaos model (feature `fuzzing`).
+//!
+//! - [`decoder`]: [`fuzz_decoder`], the body of a cargo-fuzz target for *your* decoder:
+//!   the fuzzer's bytes choose the messages, the chunking, the cut and the end.
+//! - this file: the body of chopstick's own target `frame_roundtrip`.
+//!
+//! `frame_roundtrip`: arbitrary messages under an arbitrary framing, encoded, pushed
+//! through [`ChaosStream`]s playing arbitrary plans, and decoded again.
 //!
 //! It lives here rather than in `chopstick_targets::fuzzing` because it exercises this crate's
 //! [`ChaosStream`] and codec checker. It follows the same conventions: the input is a
@@ -18,6 +23,10 @@
 //!    as the plans say: clean at a frame boundary, [`WireError::Truncated`] when cut
 //!    inside a frame, a connection reset when the reader's plan resets. Never a short
 //!    frame, a phantom frame or a hang.
+
+pub mod decoder;
+
+pub use decoder::{decoder_case, decoder_seeds, fuzz_decoder, fuzz_decoder_verdict, DecoderCase};
 
 use std::io;
 
