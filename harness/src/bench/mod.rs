@@ -31,8 +31,8 @@ use chopstick_targets::wire::{Framing, WireError};
 use rand::RngCore;
 
 use crate::campaign::{Target, TargetError, TargetSpec};
-use crate::oracle::Oracle;
 use crate::chaos::purpose_rng;
+use crate::oracle::Oracle;
 pub use load::{LoadError, LoadSpec, Measured, Pool};
 pub use profile::Profile;
 pub use results::{BenchReport, Row, RunFigures, Stat};

@@ -226,7 +226,8 @@ pub async fn raw_exchange(
             Ok(Ok(n)) => {
                 out.bytes.extend_from_slice(&buf[..n]);
                 // A quiet spell after some bytes is the end of the reply.
-                if decodes_whole(config.reply_framing(), &out.bytes).is_some_and(|f| f.len() >= due) {
+                if decodes_whole(config.reply_framing(), &out.bytes).is_some_and(|f| f.len() >= due)
+                {
                     break;
                 }
             }
