@@ -4,7 +4,7 @@
 //! - [`builder`]: [`Check`], a campaign in a few lines (defaults for everything but the target).
 //! - [`chaos`]: plans, faults, seeds and `ChaosStream` — how bytes are split, merged and cut.
 //! - [`codec`]: check your own `tokio_util::codec` decoder under chaos, with proptest.
-//! - [`bench`]: `chopstick bench`, throughput and server CPU per fragmentation profile.
+//! - [`bench`](mod@bench): `chopstick bench`, throughput and server CPU per fragmentation profile.
 //! - [`campaign`]: drive real servers, judge replies, check liveness, shrink, reproduce.
 //! - [`oracle`]: what a right reply is: the `Oracle` trait, one file per oracle, the registry.
 //! - [`workload`]: the seeded messages a campaign sends.

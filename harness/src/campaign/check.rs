@@ -4,7 +4,7 @@
 //! profile through [`drive_profile`], the loop `run` shares: every connection of the
 //! workload (cheapest first, or one shard's slice of them), judged and
 //! liveness-checked; the first failure of each class per profile is shrunk, and
-//! failures with the same shrunk case become one [`Finding`](crate::report::Finding)
+//! failures with the same shrunk case become one [`report::Finding`](crate::report::Finding)
 //! with one reproducer. A [`Stop`] ends the loop early: `--fail-fast` after the first
 //! confirmed (shrunk) failure, `--budget` at a deadline, a signal at once; the report
 //! then says what was covered.

@@ -196,7 +196,7 @@ fn align(expected: &[Bytes], seen: &[Bytes]) -> Vec<Step> {
 /// Compares `seen` with `expected`. `must_finish`: every expected reply was due (false
 /// when we reset the connection ourselves, so only a prefix can be checked).
 ///
-/// The replies are aligned first ([`align`]); the first stretch where they disagree is
+/// The replies are aligned first (`align`); the first stretch where they disagree is
 /// named, with what the whole alignment knows: a missing reply that came elsewhere is
 /// `reordered`, a reply seen more often than asked for is `duplicated`, a short one is
 /// `truncated`, one in place of a missing one is `corrupted`, one answering nothing is

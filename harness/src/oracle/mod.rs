@@ -4,7 +4,7 @@
 //! - [`echo`]: `echo` (each reply equals its request) and `upper` (ASCII upper-cased).
 //! - [`differential`]: replies equal those of unfaulted baseline runs of the same server.
 //! - [`exec`]: the exec server: known commands, replies judged by a model of them.
-//! - [`file`]: the file server: puts, and the optional read-back of what was stored.
+//! - [`file`](mod@file): the file server: puts, and the optional read-back of what was stored.
 //! - [`auth`]: the auth server: the optional handshake per connection, then echo inside.
 //!
 //! The driver (`campaign`) knows no oracle by name. For each case it asks the oracle how

@@ -21,7 +21,7 @@
 //! can leave its own children behind if the server is killed outright (a timeout, a
 //! disconnect or a shutdown kills the whole group).
 //!
-//! And it is confined to what an allow-listed filter program needs (a [`Cell`]): a
+//! And it is confined to what an allow-listed filter program needs (a `Cell`): a
 //! fresh, empty working directory of its own (created before the child starts,
 //! removed after it is reaped), and, where the kernel has Landlock (Linux 5.13 and
 //! later, enabled at boot), a ruleset that lets it read and execute only the system's
