@@ -13,7 +13,7 @@ use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
 use chopstick::oracle::differential::Differential;
 use chopstick::oracle::Oracle;
 use chopstick::report::Report;
-use chopstick::workload::{Mode, Workload};
+use chopstick::workload::{Mode, Sessions, Workload};
 use chopstick_targets::udp::MAX_UDP_PAYLOAD;
 use chopstick_targets::wire::Framing;
 use clap::{Args, ValueEnum};
@@ -52,9 +52,20 @@ pub struct CheckArgs {
     reply_framing: Option<Framing>,
     /// How replies are judged: echo, upper (ASCII a-z upper-cased), differential
     /// (equal to an unfaulted run's replies), exec or file (chopstick's own servers).
-    /// (with --udp: echo, upper or time).
-    #[arg(long, default_value = "echo")]
-    oracle: String,
+    /// (with --udp: echo, upper or time). Default: echo; differential with --traffic
+    /// or --requests.
+    #[arg(long)]
+    oracle: Option<String>,
+    /// Replay the requests of a traffic file recorded by `chopstick proxy --record`:
+    /// each recorded connection is a session template the workload draws from (seeded).
+    /// --framing (and --reply-framing) must be those of the recording.
+    #[arg(long, conflicts_with_all = ["requests", "udp", "client"])]
+    traffic: Option<PathBuf>,
+    /// A request corpus, for servers without a client to record: one request payload
+    /// per line as hex, `{"hex": ...}`, `{"text": ...}`, or a JSON array of them (one
+    /// session); blank lines and `#` comments are skipped. Each line is a template.
+    #[arg(long, conflicts_with_all = ["udp", "client"])]
+    requests: Option<PathBuf>,
     /// With --oracle differential: replies may come in any order (matched as a
     /// multiset), for servers that answer pipelined requests out of order.
     #[arg(long)]
@@ -212,8 +223,15 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
              side of a request/reply pair (`--framing raw --reply-framing i32le`)"
         );
     }
-    let oracle: Arc<dyn Oracle> = match (args.oracle.as_str(), args.unordered) {
-        (_, false) => chopstick::oracle::parse(&args.oracle)?,
+    let sessions = sessions(&args, reply_framing)?;
+    let oracle_name = match (&args.oracle, &sessions) {
+        (Some(name), _) => name.as_str(),
+        // Real requests get real replies that only the server itself can predict.
+        (None, Some(_)) => "differential",
+        (None, None) => "echo",
+    };
+    let oracle: Arc<dyn Oracle> = match (oracle_name, args.unordered) {
+        (name, false) => chopstick::oracle::parse(name)?,
         ("differential", true) => Arc::new(Differential { unordered: true }),
         (other, true) => anyhow::bail!("--unordered needs --oracle differential, not {other}"),
     };
@@ -259,7 +277,7 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
             messages: c.messages,
             max_size: c.max_size.min(args.framing.max()),
             header_width: args.framing.header_width(),
-            sessions: None,
+            sessions,
         },
         profiles,
         seed,
@@ -350,6 +368,30 @@ impl Progress for LogLines {
     }
 }
 
+/// `--traffic` or `--requests`: the session templates the workload draws from.
+fn sessions(args: &CheckArgs, reply_framing: Framing) -> Result<Option<Arc<Sessions>>> {
+    let templates = match (&args.traffic, &args.requests) {
+        (Some(path), _) => {
+            let file = chopstick::traffic::read(path)?;
+            // Requests decoded in one framing and re-encoded in another are other bytes.
+            if file.framing != args.framing.to_string()
+                || file.reply_framing != reply_framing.to_string()
+            {
+                anyhow::bail!(
+                    "{} was recorded with --framing {} --reply-framing {}; check it with the same",
+                    path.display(),
+                    file.framing,
+                    file.reply_framing
+                );
+            }
+            file.templates(path)?
+        }
+        (None, Some(path)) => chopstick::traffic::load_requests(path)?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Arc::new(Sessions::new(templates)?)))
+}
+
 /// `--client`: only oracles that judge the echoes of one connection on their own (no
 /// baseline, read-back or handshake: those need fresh connections a client does not
 /// make), and ping-pong only when the echoes come back on the socket.
@@ -382,7 +424,7 @@ async fn check_udp(args: &CheckArgs, seed: u64) -> Result<ExitCode> {
         (None, Some(cmd)) => UdpTarget::Spawn(cmd.clone()),
         (None, None) => unreachable!("clap requires one of --connect/--spawn"),
     };
-    let mut config = UdpCheckConfig::new(target, args.oracle.parse()?);
+    let mut config = UdpCheckConfig::new(target, args.oracle.as_deref().unwrap_or("echo").parse()?);
     let faults = args
         .campaign
         .faults
