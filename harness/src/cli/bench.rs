@@ -37,8 +37,9 @@ pub struct BenchArgs {
     /// Connection counts, comma-separated; every profile runs at each (one plot line each).
     #[arg(long, value_delimiter = ',', default_value = "4")]
     connections: Vec<usize>,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 32)]
+    /// Requests in flight per connection (deep enough by default that a fast server on
+    /// loopback, not the round trip, sets the rate).
+    #[arg(long, default_value_t = 128)]
     depth: usize,
     /// Payload bytes per message.
     #[arg(long, value_parser = size_arg, default_value = "64")]

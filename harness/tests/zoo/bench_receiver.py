@@ -7,10 +7,16 @@ Both read into a buffer (recv of up to 64 KiB), answer every complete frame in i
 one sendall per read, and do the same fixed work per message (a few SHA-256 rounds over
 the payload, standing in for parsing and handling a request).
 - per_message: nothing else. Its CPU per message barely depends on how requests arrive.
-- per_read: also logs per recv, as many servers do ("read 64 bytes from ...", then what
-  was parsed). Correct under any fragmentation, but 64-byte pieces cost it one log line per
-  piece where whole pipelined writes cost one per batch: a performance bug that no
-  correctness check shows, and that `chopstick bench`'s paced profiles expose.
+- per_read: also keeps a chatty debug log per recv, as many servers do (what was read and
+  from whom, the buffer before and after parsing, how many frames were answered):
+  five lines per recv. Correct under any fragmentation, but 64-byte pieces
+  cost it those lines per piece where whole pipelined writes cost them once per batch: a
+  performance bug that no correctness check shows, and that `chopstick bench`'s paced
+  profiles expose.
+
+The constants are chosen so the per-message work dominates Python's own cost of a recv
+and a sendall (~12 us here), which a paced profile adds per piece to *both* receivers:
+with less work per message, per_message itself would look read-bound.
 """
 import hashlib
 import logging
@@ -24,7 +30,8 @@ MODE = sys.argv[2]
 if MODE not in ("per_message", "per_read"):
     sys.exit(f"unknown mode {MODE!r} (per_message or per_read)")
 MAX_FRAME = 8 << 20
-HASH_ROUNDS = 24
+HASH_ROUNDS = 48
+
 
 logging.basicConfig(
     stream=sys.stderr,
@@ -52,7 +59,8 @@ def serve_conn(conn, peer):
             if not chunk:
                 return  # EOF; a partial frame left in buf is dropped, never answered
             if MODE == "per_read":
-                log.info("read %d bytes from %s:%d (%d buffered)", len(chunk), peer[0], peer[1], len(buf))
+                log.info("read %d bytes from %s:%d", len(chunk), peer[0], peer[1])
+                log.info("buffer before parsing: %d bytes", len(buf) + len(chunk))
             buf += chunk
             out = bytearray()
             at = 0
@@ -68,7 +76,9 @@ def serve_conn(conn, peer):
                 out += struct.pack(">I", len(reply)) + reply
             del buf[:at]
             if MODE == "per_read":
-                log.info("parsed up to byte %d, %d bytes left for the next read", at, len(buf))
+                log.info("parsed up to byte %d", at)
+                log.info("answered %d bytes of replies", len(out))
+                log.info("%d bytes left for the next read", len(buf))
             if out:
                 try:
                     conn.sendall(out)
