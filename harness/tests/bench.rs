@@ -218,3 +218,85 @@ fn the_plot_is_well_formed_svg_with_a_line_per_series_and_compare_catches_a_drop
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("REGRESSION"), "{stdout}");
 }
+
+/// A request corpus of a few distinct payloads, for `--requests`.
+fn corpus(dir: &Path) -> PathBuf {
+    let path = dir.join("requests.txt");
+    let lines: String = (0..12)
+        .map(|i| format!("{{\"text\": \"GET /item/{i} {}\"}}\n", "x".repeat(i * 5)))
+        .collect();
+    std::fs::write(&path, lines).expect("write corpus");
+    path
+}
+
+#[test]
+fn real_requests_to_a_noisy_server_are_judged_against_its_own_masked_baselines() {
+    let dir = tmp();
+    let requests = corpus(dir.path());
+    let json = dir.path().join("noisy.json");
+    let cmd = format!("python3 {} {{port}}", zoo("noisy.py"));
+    let (code, report, text) = bench(
+        &cmd,
+        &[
+            "--requests",
+            requests.to_str().unwrap(),
+            "--profiles",
+            "whole,paced:7",
+            "--connections",
+            "2",
+        ],
+        &json,
+    );
+    // Every reply carries a fresh timestamp and id: without masks, no run would be valid.
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["oracle"], "differential", "{report}");
+    assert_eq!(
+        report["invalid"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+    assert!(
+        median(&row(&report, "whole")["msgs_per_s"]) > 0.0,
+        "{report}"
+    );
+}
+
+#[test]
+fn real_requests_catch_a_server_that_reads_its_header_with_one_recv() {
+    let dir = tmp();
+    let requests = corpus(dir.path());
+    let json = dir.path().join("noisy-bug.json");
+    let cmd = format!("python3 {} {{port}} --bug", zoo("noisy.py"));
+    // paced:7 makes every 7-byte piece its own read, so headers arrive split.
+    let (code, report, text) = bench(
+        &cmd,
+        &[
+            "--requests",
+            requests.to_str().unwrap(),
+            "--profiles",
+            "whole,paced:7",
+            "--connections",
+            "1",
+        ],
+        &json,
+    );
+    assert_eq!(code, Some(1), "{text}");
+    let invalid = report["invalid"].as_array().expect("invalid runs");
+    assert!(
+        invalid.iter().any(|r| r["profile"] == "paced:7"),
+        "paced:7 should be invalid: {report}"
+    );
+}
+
+#[test]
+fn a_server_that_does_not_answer_a_real_request_stops_the_bench_with_its_name() {
+    let dir = tmp();
+    let requests = dir.path().join("one.txt");
+    std::fs::write(&requests, "{\"text\": \"hello\"}\n").expect("write corpus");
+    let json = dir.path().join("silent.json");
+    // Accepts and reads, never answers: the baseline pass gives up after its timeout.
+    let cmd = format!("python3 {} {{port}} silent", zoo("misconfig.py"));
+    let (code, _report, text) = bench(&cmd, &["--requests", requests.to_str().unwrap()], &json);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("request #0"), "{text}");
+}

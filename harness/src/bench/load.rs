@@ -29,6 +29,7 @@ use super::cpu;
 use super::drain::DrainProbe;
 use super::profile::Profile;
 use crate::campaign::judge::{judge, End, Failure, FailureClass, Seen};
+use crate::oracle::differential::Slot;
 
 /// Longest wait for a reply, a drained piece or a blocked write before calling it a hang.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,7 +52,7 @@ const MAX_LATENCY_NS: u64 = 60_000_000_000;
 #[derive(Debug)]
 pub struct Pool {
     pub frames: Vec<Bytes>,
-    pub expected: Vec<Bytes>,
+    pub expected: Vec<Slot>,
     pub payload_len: Vec<usize>,
 }
 
@@ -490,7 +491,7 @@ impl Reader {
                     }
                 };
                 let now = Instant::now();
-                if reply != self.pool.expected[idx] {
+                if !self.pool.expected[idx].matches(&reply) {
                     let f = self.classify(prev, idx, reply, &mut codec, &mut buf, replies);
                     self.shared.fail(f);
                     return out;
@@ -606,13 +607,13 @@ impl Reader {
         let mut expected = Vec::new();
         let mut seen = Vec::new();
         if let Some(p) = prev {
-            expected.push(self.pool.expected[p].clone());
-            seen.push(self.pool.expected[p].clone());
+            expected.push(self.pool.expected[p].reply().clone());
+            seen.push(self.pool.expected[p].reply().clone());
         }
-        expected.push(self.pool.expected[idx].clone());
+        expected.push(self.pool.expected[idx].reply().clone());
         seen.push(reply);
         while let Ok((i, _)) = self.sent.try_recv() {
-            expected.push(self.pool.expected[i].clone());
+            expected.push(self.pool.expected[i].reply().clone());
         }
         while let Ok(Some(r)) = codec.decode(buf) {
             seen.push(r);

@@ -9,11 +9,13 @@
 //! - [`results`]: per-run figures, medians, the table and the versioned JSON.
 //! - [`plot`]: the SVG (throughput and p99 against piece size).
 //! - [`compare`]: `--compare A.json`, the change against an earlier run.
+//! - [`baseline`]: `--traffic`/`--requests`: real requests, replies learnt from the server.
 //!
 //! The target is the campaign's ([`Target`]: `--connect` or `--spawn`), replies are
 //! judged with the campaign's oracle and [`crate::campaign::judge::judge`], and a
 //! wrong reply invalidates its run.
 
+pub mod baseline;
 pub mod compare;
 pub mod cpu;
 pub mod drain;
@@ -32,6 +34,7 @@ use rand::RngCore;
 
 use crate::campaign::{Target, TargetError, TargetSpec};
 use crate::chaos::purpose_rng;
+use crate::oracle::differential::Slot;
 use crate::oracle::Oracle;
 pub use load::{LoadError, LoadSpec, Measured, Pool};
 pub use profile::Profile;
@@ -40,6 +43,9 @@ pub use results::{BenchReport, Row, RunFigures, Stat};
 /// Distinct messages cycled through per connection, so a duplicated or reordered reply
 /// does not equal the one that was due.
 const POOL: usize = 64;
+/// Most real requests in a pool (`--traffic`/`--requests`): each costs two baseline
+/// round trips before the load.
+pub const MAX_REQUESTS: usize = 4096;
 /// Largest `--size`.
 pub const MAX_SIZE: usize = 8 * 1024 * 1024;
 /// Most connections per measurement.
@@ -57,7 +63,11 @@ pub struct BenchConfig {
     pub target_name: String,
     pub framing: Framing,
     /// Judges each reply on its own: an oracle without a baseline, read-back or handshake.
+    /// Unused with `requests` (their replies are learnt, see [`baseline`]).
     pub oracle: std::sync::Arc<dyn Oracle>,
+    /// Real requests (payloads, from a traffic file or a request corpus) cycled through
+    /// instead of generated `size`-byte messages.
+    pub requests: Option<Vec<Bytes>>,
     pub profiles: Vec<Profile>,
     /// Each profile is measured at each of these connection counts.
     pub connections: Vec<usize>,
@@ -82,6 +92,14 @@ pub enum BenchError {
     Oracle(String),
     #[error("bad bench setting: {0}")]
     Setting(String),
+    #[error("baseline pass: request #{request} ({preview}): {why}; bench with real requests needs a server that answers each request with one reply")]
+    Baseline {
+        request: usize,
+        preview: String,
+        why: String,
+    },
+    #[error("no requests to bench with: {0}")]
+    NoRequests(String),
     #[error("cannot encode a {size}-byte message in this framing: {source}")]
     Encode { size: usize, source: WireError },
     #[error("the load thread panicked")]
@@ -92,8 +110,21 @@ impl BenchConfig {
     fn validate(&self) -> Result<(), BenchError> {
         let bad = |s: String| Err(BenchError::Setting(s));
         let o = &self.oracle;
-        if o.baseline().is_some() || o.read_back().is_some() || o.handshake().is_some() {
+        let judged_alone =
+            o.baseline().is_none() && o.read_back().is_none() && o.handshake().is_none();
+        if self.requests.is_none() && !judged_alone {
             return Err(BenchError::Oracle(o.name().to_string()));
+        }
+        if let Some(r) = &self.requests {
+            if r.is_empty() {
+                return Err(BenchError::NoRequests("the file holds none".into()));
+            }
+            if r.len() > MAX_REQUESTS {
+                return bad(format!(
+                    "at most {MAX_REQUESTS} distinct requests ({} given)",
+                    r.len()
+                ));
+            }
         }
         if self.connections.is_empty()
             || self
@@ -143,13 +174,13 @@ impl BenchConfig {
                     source,
                 })?;
             frames.push(dst.freeze());
-            expected.push(
+            expected.push(Slot::exact(
                 self.oracle
                     .expected(0, &[Bytes::from(m)])
                     .into_iter()
                     .next()
                     .ok_or_else(|| BenchError::Oracle(self.oracle.name().to_string()))?,
-            );
+            ));
         }
         Ok(Pool {
             frames,
@@ -166,9 +197,30 @@ pub async fn run(
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
     config.validate()?;
-    let pool = Arc::new(config.pool()?);
+    let generated = match config.requests {
+        None => Some(config.pool()?),
+        Some(_) => None,
+    };
     let load_before = results::Machine::load_now();
     let mut target = Target::start(&config.target).await?;
+    let pool = Arc::new(match (generated, &config.requests) {
+        (Some(pool), _) => pool,
+        (None, requests) => {
+            let (addr, framing) = (target.addr, config.framing);
+            let requests = requests.clone().unwrap_or_default();
+            let learnt =
+                tokio::task::spawn_blocking(move || baseline::learn(addr, framing, &requests))
+                    .await
+                    .map_err(|_| BenchError::Panicked)?;
+            match learnt {
+                Ok(pool) => pool,
+                Err(e) => {
+                    target.kill().await;
+                    return Err(e);
+                }
+            }
+        }
+    });
     let mut figures: HashMap<(Profile, usize), Vec<RunFigures>> = HashMap::new();
     let mut invalid = Vec::new();
     let mut warnings = Vec::new();
@@ -253,8 +305,14 @@ pub async fn run(
         chopstick: env!("CARGO_PKG_VERSION").into(),
         target: config.target_name.clone(),
         framing: config.framing.to_string(),
-        oracle: config.oracle.name().to_string(),
-        size: config.size,
+        oracle: match config.requests {
+            None => config.oracle.name().to_string(),
+            Some(_) => "differential".to_string(),
+        },
+        size: match &config.requests {
+            None => config.size,
+            Some(r) => r.iter().map(Bytes::len).sum::<usize>() / r.len().max(1),
+        },
         depth: config.depth,
         warmup_s: config.warmup.as_secs_f64(),
         duration_s: config.duration.as_secs_f64(),

@@ -174,7 +174,7 @@ pub struct BenchReport {
     pub target: String,
     pub framing: String,
     pub oracle: String,
-    /// Payload bytes per message.
+    /// Payload bytes per message (with real requests: their mean).
     pub size: usize,
     pub depth: usize,
     pub warmup_s: f64,

@@ -30,6 +30,15 @@ pub struct BenchArgs {
     /// invalidates its run.
     #[arg(long, default_value = "echo")]
     oracle: String,
+    /// Cycle through the requests of a traffic file (`chopstick proxy --record`) instead
+    /// of generated messages; each request's reply is learnt from two unfaulted passes
+    /// first and held to that, noise masked (the server must answer every request with
+    /// one reply). The recording's framing must be --framing, in both directions.
+    #[arg(long, conflicts_with_all = ["requests", "oracle", "size"])]
+    traffic: Option<PathBuf>,
+    /// Like --traffic, from a request corpus (one payload per line, as `check --requests`).
+    #[arg(long, conflicts_with_all = ["oracle", "size"])]
+    requests: Option<PathBuf>,
     /// Fragmentation profiles, comma-separated: whole, coalesced, split:N (N-byte
     /// pieces back to back), paced:N (each piece once the server has read the last).
     #[arg(long, default_value = bench::profile::DEFAULT)]
@@ -88,6 +97,7 @@ pub async fn exec(args: BenchArgs) -> Result<ExitCode> {
         target,
         framing: args.framing,
         oracle: chopstick::oracle::parse(&args.oracle)?,
+        requests: real_requests(&args)?,
         profiles: bench::profile::parse_list(&args.profiles)?,
         connections: args.connections.clone(),
         depth: args.depth,
@@ -121,4 +131,38 @@ pub async fn exec(args: BenchArgs) -> Result<ExitCode> {
         code = code.max(cmp.exit_code());
     }
     Ok(ExitCode::from(code))
+}
+
+/// `--traffic` or `--requests`: every request, in recorded order, at most
+/// [`bench::MAX_REQUESTS`] of them.
+fn real_requests(args: &BenchArgs) -> Result<Option<Vec<bytes::Bytes>>> {
+    let templates = match (&args.traffic, &args.requests) {
+        (Some(path), _) => {
+            let file = chopstick::traffic::read(path)?;
+            let framing = args.framing.to_string();
+            // Requests decoded in one framing and re-encoded in another are other bytes.
+            if file.framing != framing || file.reply_framing != framing {
+                anyhow::bail!(
+                    "{} was recorded with --framing {} --reply-framing {}; bench needs one \
+                     framing for both directions, given with --framing",
+                    path.display(),
+                    file.framing,
+                    file.reply_framing
+                );
+            }
+            file.templates(path)?
+        }
+        (None, Some(path)) => chopstick::traffic::load_requests(path)?,
+        (None, None) => return Ok(None),
+    };
+    let mut all: Vec<bytes::Bytes> = templates.into_iter().flatten().collect();
+    if all.len() > bench::MAX_REQUESTS {
+        eprintln!(
+            "chopstick bench: using the first {} of {} requests",
+            bench::MAX_REQUESTS,
+            all.len()
+        );
+        all.truncate(bench::MAX_REQUESTS);
+    }
+    Ok(Some(all))
 }

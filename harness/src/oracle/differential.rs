@@ -107,9 +107,11 @@ impl Oracle for Differential {
     }
 }
 
-/// What one reply position demands, learnt from two baselines.
+/// What one reply position demands, learnt from two baselines (also what `bench
+/// --traffic` holds each reply to).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Slot {
+#[non_exhaustive]
+pub enum Slot {
     /// Same length in both baselines: equal bytes where `noise` is false.
     Masked { reply: Bytes, noise: Vec<bool> },
     /// Different lengths: any reply will do.
@@ -117,7 +119,14 @@ enum Slot {
 }
 
 impl Slot {
-    fn learn(a: &Bytes, b: &Bytes) -> Slot {
+    /// Exactly these bytes (a reply chopstick can predict).
+    pub fn exact(reply: Bytes) -> Slot {
+        let noise = vec![false; reply.len()];
+        Slot::Masked { reply, noise }
+    }
+
+    /// The slot two baseline replies to the same request agree on.
+    pub fn learn(a: &Bytes, b: &Bytes) -> Slot {
         if a.len() == b.len() {
             Slot::Masked {
                 reply: a.clone(),
@@ -128,13 +137,15 @@ impl Slot {
         }
     }
 
-    fn reply(&self) -> &Bytes {
+    /// The first baseline's reply (what a report shows as expected).
+    pub fn reply(&self) -> &Bytes {
         match self {
             Slot::Masked { reply, .. } | Slot::Presence { reply } => reply,
         }
     }
 
-    fn matches(&self, got: &[u8]) -> bool {
+    /// Whether `got` is this reply, noise aside.
+    pub fn matches(&self, got: &[u8]) -> bool {
         match self {
             Slot::Presence { .. } => true,
             Slot::Masked { reply, noise } => {
