@@ -122,3 +122,20 @@ fn a_recording_checked_with_another_framing_is_a_usage_error() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("recorded with --framing u32be"), "{text}");
 }
+
+#[test]
+fn a_keep_framing_without_recorded_requests_is_a_usage_error() {
+    // Drawn payloads are not whole frames of the server's protocol; nothing is connected.
+    let out = chopstick(&[
+        "check",
+        "--connect",
+        "127.0.0.1:9",
+        "--framing",
+        "u32be,offset=8,adjust=12,keep",
+        "--seed",
+        "1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--traffic or --requests"), "{text}");
+}

@@ -246,6 +246,12 @@ fn offset_and_adjust_codec_passes_10000_cases() {
 }
 
 #[test]
+fn keep_codec_with_memcacheds_header_passes_10000_cases() {
+    // Whole frames: the 8 bytes before the length field travel with the payload.
+    reference_codec_passes("u32be,offset=8,adjust=12,keep");
+}
+
+#[test]
 fn tokio_length_delimited_codec_ends_silently_after_a_complete_header() {
     // tokio-util's codec consumes the header as soon as it has it, and its default
     // decode_eof only complains about bytes left in the buffer: a stream cut right

@@ -19,6 +19,7 @@ const FRAMINGS: &[&str] = &[
     "i32le",
     "u64be",
     "u16be,offset=3,adjust=-2",
+    "u32be,offset=8,adjust=12,keep",
     "line",
     "hjson",
 ];

@@ -224,6 +224,14 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         );
     }
     let sessions = sessions(&args, reply_framing)?;
+    if args.framing.kept_header_len() > 0 && sessions.is_none() {
+        // A drawn payload would have to be a whole frame the server understands.
+        anyhow::bail!(
+            "--framing {} keeps each frame's header in its payload (`keep`), so requests \
+             must be whole frames: give them with --traffic or --requests",
+            args.framing
+        );
+    }
     let oracle_name = match (&args.oracle, &sessions) {
         (Some(name), _) => name.as_str(),
         // Real requests get real replies that only the server itself can predict.

@@ -126,10 +126,20 @@ pub async fn exec(args: ProxyArgs) -> Result<ExitCode> {
     let Some(framing) = args.framing else {
         bail!("--record needs --framing: frames are what a recording holds");
     };
+    let reply_framing = args.reply_framing.unwrap_or(framing);
+    for (flag, f) in [("--framing", framing), ("--reply-framing", reply_framing)] {
+        if matches!(f, Framing::Length(l) if l.offset > 0 && !l.keep) {
+            // The bytes before the length field would be replayed as zeros.
+            eprintln!(
+                "chopstick proxy: warning: {flag} {f} records only what follows the length \
+                 field; add `,keep` to record whole frames (e.g. memcached's header)"
+            );
+        }
+    }
     let recorder = Recorder::create(RecordConfig {
         path: path.clone(),
         framing,
-        reply_framing: args.reply_framing.unwrap_or(framing),
+        reply_framing,
         max_bytes: args.record_max,
         upstream: upstream.to_string(),
     })?;

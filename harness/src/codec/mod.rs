@@ -522,14 +522,36 @@ pub fn seeded_messages<R: Rng>(
     (0..count)
         .map(|_| {
             let len = rng.random_range(0..=max_len);
-            (0..len)
+            let payload = (0..len)
                 .map(|_| match rng.random::<u8>() {
                     b'\n' if line => b'n',
                     b => b,
                 })
-                .collect()
+                .collect();
+            whole_frame(framing, payload)
         })
         .collect()
+}
+
+/// For a framing with `keep` (the payload is the whole frame): `payload` padded with
+/// zeros to the shortest frame (the header, and a positive `adjust`) and its length
+/// field set to what the encoder writes, so that it decodes as it was sent. For other
+/// framings, `payload` as it is.
+pub(crate) fn whole_frame(framing: &Framing, mut payload: Vec<u8>) -> Vec<u8> {
+    let Framing::Length(spec) = framing else {
+        return payload;
+    };
+    let kept = spec.kept_header_len();
+    if kept == 0 {
+        return payload;
+    }
+    let adjust = usize::try_from(spec.adjust.max(0)).unwrap_or(usize::MAX);
+    payload.resize(payload.len().max(kept.saturating_add(adjust)), 0);
+    match framing.encode_all(&[&payload[..]]) {
+        Ok((frame, _)) => frame.to_vec(),
+        // Too long for `max`: left as it is, for the encoder to refuse.
+        Err(_) => payload,
+    }
 }
 
 #[cfg(test)]

@@ -130,10 +130,20 @@ impl ValueTree for LargestTree {
 }
 
 /// 0..=8 payloads valid for `framing`, each at most `max_len` bytes (and the framing's max).
+///
+/// With `keep` each payload is a whole frame: drawn bytes padded to the header (and a
+/// positive `adjust`), with the length field the encoder writes, so it decodes as sent.
 pub fn messages_for(framing: &Framing, max_len: usize) -> impl Strategy<Value = Vec<Vec<u8>>> {
     let line = matches!(framing, Framing::Line { .. });
     let max_len = max_len.min(framing.max());
-    prop::collection::vec(payload(header_len(framing), max_len, line), 0..=8)
+    let framing = *framing;
+    prop::collection::vec(payload(header_len(&framing), max_len, line), 0..=8).prop_map(
+        move |msgs| {
+            msgs.into_iter()
+                .map(|m| super::whole_frame(&framing, m))
+                .collect()
+        },
+    )
 }
 
 /// 0..=8 payloads of at most `max_len` bytes, for a codec of unknown framing (sizes

@@ -109,7 +109,8 @@ pub struct FrameRoundtripInput {
     pub pipe: u8,
     /// The messages, separated by `0xff` (empty: no message). Each is cut to the
     /// framing's `max`, a `line` payload's newlines become `n`, and a payload shorter
-    /// than a positive `adjust` is padded with zeros to it.
+    /// than a positive `adjust` is padded with zeros to it (with `keep`: the header is
+    /// counted on top of both, and its length field set to what the encoder writes).
     pub data: Rest,
 }
 
@@ -127,11 +128,14 @@ impl FrameRoundtripInput {
 
 /// The messages in `tail`, made valid for `framing`; `None` if no payload can be encoded.
 fn messages(framing: &Framing, tail: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let max = framing.max();
+    // With `keep` a payload is its header and then what `max` and `adjust` bound.
+    let kept = framing.kept_header_len();
+    let max = framing.max() + kept;
     let min = match framing {
         Framing::Length(l) => usize::try_from(l.adjust.max(0)).unwrap_or(usize::MAX),
         _ => 0,
-    };
+    }
+    .saturating_add(kept);
     if min > max {
         return None;
     }
@@ -145,7 +149,8 @@ fn messages(framing: &Framing, tail: &[u8]) -> Option<Vec<Vec<u8>>> {
                 .filter(|b| **b == b'\n')
                 .for_each(|b| *b = b'n');
         }
-        m
+        // With `keep`: the length field as the encoder writes it, so it decodes as sent.
+        crate::codec::whole_frame(framing, m)
     });
     Some(messages.collect())
 }
@@ -425,6 +430,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 plan(&[(r, 3), (r, 10), (close, 0)], 0),
                 7,
                 b"xyz\xff",
+            ),
+        ),
+        (
+            // memcached's binary protocol: whole frames, cuts inside the 8 header bytes
+            // before the length field and inside the field.
+            "u32be-memcached-keep-split-in-header",
+            seed(
+                SpecInput {
+                    flags: 1 | 2 | 8,
+                    offset: 8,
+                    adjust: 12,
+                    ..spec("u32be")
+                },
+                plan(&[(w, 3), (p, 0), (w, 7)], 6),
+                plan(&[(r, 5)], 8),
+                2,
+                b"\x80\x00\x00\x01\0\0\0\0\0\0\0\x01\0\0\0\x07\0\0\0\0\0\0\0\0k\xff\x80\x0a",
             ),
         ),
         (

@@ -1,7 +1,8 @@
 //! `frame_decode` and `hjson_decode`: decoders against arbitrary bytes and chunkings.
 //!
 //! What every decoder must do, whatever the bytes and however they arrive:
-//! - never panic, and never yield a frame (hjson: body) longer than `max`;
+//! - never panic, and never yield a frame (hjson: body) longer than `max` (with `keep`:
+//!   than the header and `max`);
 //! - never grow the buffer by more than `max` plus a constant in one `decode` call
 //!   (a declared length is checked before anything is reserved for it);
 //! - decode the same frames and end the same way whether the bytes come in one read or
@@ -10,7 +11,8 @@
 //!   EOF inside a frame is an error ([`WireError::Truncated`]), never a short frame;
 //! - cut anywhere inside a complete frame, the stream decodes to the frames before the
 //!   cut and then `Truncated`; cut at a frame boundary, to those frames and a clean end;
-//! - re-encoding what was decoded gives the input back (offset padding aside).
+//! - re-encoding what was decoded gives the input back (offset padding aside; with
+//!   `keep`, byte for byte).
 
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
@@ -50,7 +52,7 @@ pub const KINDS: [&str; 13] = [
 pub struct SpecInput {
     /// Index into [`KINDS`] (`u32be`, `u8`, ..., `line`, `hjson`, `varint`, `netstring`).
     pub kind: u8,
-    /// Bit 0: add `offset=`, bit 1: `adjust=`, bit 2: `max=`, bit 7: text spec.
+    /// Bit 0: add `offset=`, bit 1: `adjust=`, bit 2: `max=`, bit 3: `keep`, bit 7: text spec.
     pub flags: u8,
     /// `offset=` value, modulo 72 (above 64 is refused by the parser).
     pub offset: u8,
@@ -75,6 +77,9 @@ impl SpecInput {
         }
         if self.flags & 4 != 0 {
             spec += &format!(",max={}", self.max);
+        }
+        if self.flags & 8 != 0 {
+            spec += ",keep";
         }
         (spec, tail)
     }
@@ -122,7 +127,8 @@ pub fn frame_decode(input: FrameDecodeInput) {
         "spec {spec:?} prints as {canonical:?}, which parses to something else"
     );
     let framing = framing.with_max(FUZZ_MAX);
-    let max = framing.max();
+    // With `keep` a frame is its header and up to `max` more bytes.
+    let max = framing.max() + framing.kept_header_len();
     if framing.is_raw() {
         check_raw(framing, data, &input.chunks);
         return;
@@ -461,6 +467,24 @@ pub(crate) fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 mixed,
                 5,
                 b"\xab\xcd\0\0\0\0\0\0\0\x0bxyz",
+            ),
+        ),
+        (
+            // memcached's binary protocol: a `get` of key `k` and a `noop`, whole frames.
+            "frame_decode",
+            "u32be-memcached-keep",
+            frame_seed(
+                SpecInput {
+                    kind: kind("u32be"),
+                    flags: 1 | 2 | 8,
+                    offset: 8,
+                    adjust: 12,
+                    ..SpecInput::default()
+                },
+                mixed,
+                30,
+                b"\x80\x00\x00\x01\0\0\0\0\0\0\0\x01\0\0\0\x07\0\0\0\0\0\0\0\0k\
+                  \x80\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0\x08\0\0\0\0\0\0\0\0",
             ),
         ),
         (

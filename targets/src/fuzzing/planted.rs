@@ -150,6 +150,7 @@ pub fn hjson_codec(max: usize) -> PlantedHjson {
             offset: 0,
             adjust: 0,
             max: MAX_HEADER,
+            keep: false,
         }),
         pending: None,
     }

@@ -12,7 +12,7 @@ pub enum SpecError {
     UnknownKind(String),
     #[error("modifier `{0}` is not of the form key=value")]
     MalformedModifier(String),
-    #[error("unknown modifier `{0}` (expected offset, adjust or max)")]
+    #[error("unknown modifier `{0}` (expected offset, adjust, max or keep)")]
     UnknownModifier(String),
     #[error("modifier `{0}` given twice")]
     DuplicateModifier(String),
@@ -51,6 +51,9 @@ pub enum WireError {
     LengthUnderflow { field: u64, adjust: i64 },
     #[error("a {len}-byte payload cannot be encoded with adjust={adjust} (the length field would be negative)")]
     TooShortForAdjust { len: usize, adjust: i64 },
+    /// With `keep`, a payload must hold the header it keeps.
+    #[error("a {len}-byte payload is shorter than the {header}-byte header it must carry (framing with `keep`)")]
+    ShorterThanHeader { len: usize, header: usize },
     #[error("stream ended inside a frame: {received} byte(s) of an incomplete frame received")]
     Truncated { received: usize },
     #[error("line longer than the maximum of {max} bytes")]
@@ -80,7 +83,9 @@ impl WireError {
             WireError::LengthUnderflow { .. } => "length_underflow",
             WireError::Truncated { .. } => "truncated",
             WireError::LineTooLong { .. } => "too_large",
-            WireError::NewlineInPayload | WireError::TooShortForAdjust { .. } => "bad_payload",
+            WireError::NewlineInPayload
+            | WireError::TooShortForAdjust { .. }
+            | WireError::ShorterThanHeader { .. } => "bad_payload",
             WireError::HeaderTooLarge { .. } => "too_large",
             WireError::BadHeader(_) => "bad_header",
             WireError::MalformedLength(_) => "malformed_length",

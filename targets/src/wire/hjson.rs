@@ -59,6 +59,7 @@ impl HjsonCodec {
             offset: 0,
             adjust: 0,
             max: MAX_HEADER,
+            keep: false,
         });
         HjsonCodec {
             header,

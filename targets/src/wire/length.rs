@@ -7,6 +7,11 @@
 //! +----------------+------------------+---------------------------+
 //! ```
 //!
+//! With `keep` ([`LengthSpec::keep`]) the payload is the whole frame: the decoder hands
+//! out the offset bytes and the length field with the rest, and the encoder sends the
+//! payload's own offset bytes and writes the length field from the payload's length
+//! (whatever the payload's copy of it said), so a recorded frame replays byte for byte.
+//!
 //! tokio-util's codec encodes; this wrapper decodes itself, with what a hostile peer
 //! needs: a typed error for a negative signed length, for a payload over `max` (checked
 //! before anything is reserved for the body), and for EOF anywhere inside a frame —
@@ -20,12 +25,14 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use super::{Endian, LengthSpec, WireError};
 
-/// Codec for one [`LengthSpec`]. Decodes to the payload only.
+/// Codec for one [`LengthSpec`]. Decodes to the payload only (with `keep`: the frame).
 #[derive(Debug)]
 pub struct LengthCodec {
     spec: LengthSpec,
     inner: LengthDelimitedCodec,
-    /// The payload length of the frame whose header has been consumed, if any.
+    /// Once the header of the frame in progress has been read: the bytes `src` must
+    /// hold from its front for the frame to be whole (the payload; with `keep`, header
+    /// included, as it stays in `src`).
     pending: Option<usize>,
 }
 
@@ -59,15 +66,17 @@ impl LengthCodec {
 }
 
 impl LengthCodec {
-    /// Consumes a complete header and returns its payload length (`None`: not whole yet).
+    /// Reads a complete header and returns the bytes the whole payload takes in `src`
+    /// (`None`: the header is not whole yet).
     #[inline(never)]
     fn take_header(&mut self, src: &mut BytesMut) -> Result<Option<usize>, WireError> {
         if src.len() < self.spec.header_len() {
             return Ok(None);
         }
-        let len = self.spec.payload_len(src)?;
-        // The header is consumed as soon as it is whole, even without the body.
-        src.advance(self.spec.header_len());
+        let len = self.spec.payload_len(src)? + self.spec.kept_header_len();
+        // The header is consumed as soon as it is whole, even without the body (unless
+        // the payload keeps it).
+        src.advance(self.spec.header_len() - self.spec.kept_header_len());
         src.reserve(len.saturating_sub(src.len()));
         self.pending = Some(len);
         Ok(Some(len))
@@ -105,7 +114,7 @@ impl Decoder for LengthCodec {
                     + if self.pending.is_none() {
                         0
                     } else {
-                        self.spec.header_len()
+                        self.spec.header_len() - self.spec.kept_header_len()
                     },
             }),
         }
@@ -116,21 +125,34 @@ impl Encoder<&[u8]> for LengthCodec {
     type Error = WireError;
 
     fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<(), WireError> {
-        if payload.len() > self.spec.max {
+        let kept = self.spec.kept_header_len();
+        if payload.len() < kept {
+            return Err(WireError::ShorterThanHeader {
+                len: payload.len(),
+                header: kept,
+            });
+        }
+        let (head, body) = payload.split_at(kept);
+        if body.len() > self.spec.max {
             return Err(WireError::FrameTooLarge {
-                len: payload.len() as u64,
+                len: body.len() as u64,
                 max: self.spec.max,
             });
         }
-        if (payload.len() as i128) < self.spec.adjust as i128 {
+        if (body.len() as i128) < self.spec.adjust as i128 {
             return Err(WireError::TooShortForAdjust {
-                len: payload.len(),
+                len: body.len(),
                 adjust: self.spec.adjust,
             });
         }
-        dst.reserve(self.spec.header_len() + payload.len());
-        dst.resize(dst.len() + self.spec.offset, 0);
-        Encoder::<&[u8]>::encode(&mut self.inner, payload, dst)?;
+        dst.reserve(self.spec.header_len() + body.len());
+        if self.spec.keep {
+            // The payload's own offset bytes; its length field is the inner codec's to write.
+            dst.extend_from_slice(&head[..self.spec.offset]);
+        } else {
+            dst.resize(dst.len() + self.spec.offset, 0);
+        }
+        Encoder::<&[u8]>::encode(&mut self.inner, body, dst)?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Wire formats: framing specs, codecs, and the byte layout of every encoded frame.
 //!
 //! A framing is named by a short spec string (`u32be`, `i32le,max=1MiB`, `varint`,
-//! `netstring`, `line`, `hjson`, `raw`; see [`Framing`]). [`Framing::codec`] builds a [`FrameCodec`] that implements
+//! `netstring`, `line`, `hjson`, `raw`, `u32be,offset=8,adjust=12,keep`; see [`Framing`]). [`Framing::codec`] builds a [`FrameCodec`] that implements
 //! tokio-util's `Decoder`/`Encoder` for byte payloads; [`Framing::encode`] also returns
 //! each frame's [`FrameLayout`] so the chaos engine can cut inside length fields,
 //! headers and bodies.
@@ -97,7 +97,8 @@ impl Framing {
     }
 
     /// Appends one frame carrying `payload` to `dst` and returns where its parts lie.
-    /// For hjson the payload is the body, under the header `{"size": N}`.
+    /// For hjson the payload is the body, under the header `{"size": N}`; with `keep`
+    /// it is the whole frame, and its length field is rewritten.
     pub fn encode(&self, payload: &[u8], dst: &mut BytesMut) -> Result<FrameLayout, WireError> {
         let start = dst.len();
         let n = payload.len();
@@ -114,10 +115,12 @@ impl Framing {
             self,
             Framing::Line { .. } | Framing::Netstring { .. }
         ));
+        // With `keep` the payload's first bytes are the header itself.
+        let body = payload.len() - self.kept_header_len();
         Ok(FrameLayout {
             start,
             length_field,
-            body: end - trailer - payload.len()..end - trailer,
+            body: end - trailer - body..end - trailer,
             end,
         })
     }

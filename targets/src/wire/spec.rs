@@ -1,12 +1,13 @@
 //! Parsing of framing spec strings (`u32be`, `i32le,max=1MiB`, `hjson`, ...).
 //!
-//! Grammar: `KIND[,KEY=VALUE]*` where KIND is a length-field kind, `varint`,
+//! Grammar: `KIND[,KEY=VALUE|,keep]*` where KIND is a length-field kind, `varint`,
 //! `netstring`, `line`, `hjson` or `raw`,
 //! and KEY is `offset` (bytes before the length field), `adjust` (signed value added to
 //! the length field to get the payload length) or `max` (largest payload; a plain
-//! number or one with a KiB/MiB/GiB suffix). `offset`/`adjust` only apply to length
-//! kinds. [`Framing`]'s `Display` prints the canonical form, which parses back to the
-//! same value.
+//! number or one with a KiB/MiB/GiB suffix). The bare flag `keep` makes the payload the
+//! whole frame, header included (see [`LengthSpec::keep`]). `offset`, `adjust` and
+//! `keep` only apply to length kinds. [`Framing`]'s `Display` prints the canonical
+//! form, which parses back to the same value.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,6 +20,8 @@ pub const DEFAULT_MAX: usize = 8 * 1024 * 1024;
 pub const MAX_MAX: u64 = u32::MAX as u64;
 /// Largest `offset=`: the bytes before the length field are opaque padding to us.
 pub const MAX_OFFSET: usize = 64;
+/// The flag modifier that keeps the header in the payload ([`LengthSpec::keep`]).
+const KEEP: &str = "keep";
 
 /// Byte order of a length field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,14 +42,30 @@ pub struct LengthSpec {
     pub offset: usize,
     /// Added to the field's value to get the payload length (e.g. -4 when the field counts itself).
     pub adjust: i64,
-    /// Largest payload accepted or produced.
+    /// Largest payload accepted or produced (with `keep`: its part after the header,
+    /// the bytes the length field describes).
     pub max: usize,
+    /// The payload is the whole frame (`keep`): decoding yields the offset bytes, the
+    /// length field and the rest, and encoding sends the payload's own offset bytes and
+    /// rewrites its length field from the payload's length. For protocols whose header
+    /// carries more than the length (memcached's binary protocol: opcode, key length,
+    /// opaque, CAS around `u32be,offset=8,adjust=12`), so a recorded frame replays whole.
+    pub keep: bool,
 }
 
 impl LengthSpec {
-    /// Bytes before the payload: offset plus the length field.
+    /// Bytes before the part the length field describes: offset plus the length field.
     pub fn header_len(&self) -> usize {
         self.offset + self.width
+    }
+
+    /// Header bytes a payload carries itself: [`Self::header_len`] with `keep`, else 0.
+    pub fn kept_header_len(&self) -> usize {
+        if self.keep {
+            self.header_len()
+        } else {
+            0
+        }
     }
 
     /// Largest unsigned value the length field can hold.
@@ -170,7 +189,17 @@ impl Framing {
         matches!(self, Framing::Raw { .. })
     }
 
-    /// Largest payload (for hjson: body) this framing accepts.
+    /// Header bytes each payload carries itself (only length framings with `keep`): a
+    /// payload is at least this long, and `max` bounds what follows them.
+    pub fn kept_header_len(&self) -> usize {
+        match self {
+            Framing::Length(l) => l.kept_header_len(),
+            _ => 0,
+        }
+    }
+
+    /// Largest payload (for hjson: body; with `keep`: the part after the header) this
+    /// framing accepts.
     pub fn max(&self) -> usize {
         match self {
             Framing::Length(l) => l.max,
@@ -203,6 +232,7 @@ fn length_kind(kind: &str) -> Option<LengthSpec> {
         offset: 0,
         adjust: 0,
         max: DEFAULT_MAX,
+        keep: false,
     })
 }
 
@@ -239,8 +269,20 @@ impl FromStr for Framing {
         if length.is_none() && !others.contains(&kind) {
             return Err(SpecError::UnknownKind(kind.to_string()));
         }
-        let (mut offset, mut adjust, mut max) = (None, None, None);
+        let (mut offset, mut adjust, mut max, mut keep) = (None, None, None, false);
         for part in parts {
+            if part == KEEP {
+                if length.is_none() {
+                    return Err(SpecError::NotApplicable {
+                        key: KEEP.to_string(),
+                        kind: kind.to_string(),
+                    });
+                }
+                if std::mem::replace(&mut keep, true) {
+                    return Err(SpecError::DuplicateModifier(KEEP.to_string()));
+                }
+                continue;
+            }
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| SpecError::MalformedModifier(part.to_string()))?;
@@ -273,6 +315,7 @@ impl FromStr for Framing {
                     }
                     adjust.replace(n).is_some()
                 }
+                KEEP => return Err(bad("keep is a flag and takes no value")),
                 "max" => {
                     let n = parse_size(value).map_err(bad)?;
                     if n > MAX_MAX {
@@ -290,6 +333,7 @@ impl FromStr for Framing {
             Some(l) => {
                 l.offset = offset.unwrap_or(0);
                 l.adjust = adjust.unwrap_or(0);
+                l.keep = keep;
                 // Not even an empty payload fits (payload_limit clamps this to 0).
                 if i128::from(l.field_limit()) + i128::from(l.adjust) < 0 {
                     return Err(SpecError::BadValue {
@@ -338,11 +382,10 @@ impl fmt::Display for Framing {
                 if l.adjust != 0 {
                     write!(f, ",adjust={}", l.adjust)?;
                 }
-                return if l.max != l.default_max() {
-                    write!(f, ",max={}", l.max)
-                } else {
-                    Ok(())
-                };
+                if l.max != l.default_max() {
+                    write!(f, ",max={}", l.max)?;
+                }
+                return if l.keep { write!(f, ",{KEEP}") } else { Ok(()) };
             }
             Framing::Line { max } => ("line", *max),
             Framing::Hjson { max } => ("hjson", *max),
@@ -420,6 +463,28 @@ mod tests {
     }
 
     #[test]
+    fn keep_is_a_bare_flag_of_length_kinds_in_any_position() {
+        let l = len("u32be,offset=8,adjust=12,keep");
+        assert!(l.keep);
+        assert_eq!(
+            (l.offset, l.adjust, l.header_len(), l.kept_header_len()),
+            (8, 12, 12, 12)
+        );
+        assert_eq!(
+            len("u16le, keep ,max=10"),
+            LengthSpec {
+                max: 10,
+                ..len("u16le,keep")
+            }
+        );
+        assert!(!len("u32be,offset=8").keep);
+        assert_eq!(len("u32be,offset=8").kept_header_len(), 0);
+        assert_eq!("varint".parse::<Framing>().unwrap().kept_header_len(), 0);
+        // `max` still bounds what the length field describes.
+        assert_eq!(len("u8,keep").max, 255);
+    }
+
+    #[test]
     fn narrow_fields_default_to_what_they_can_express() {
         assert_eq!(len("u8").max, 255);
         assert_eq!(len("u8,adjust=-1").max, 254);
@@ -441,6 +506,8 @@ mod tests {
             "netstring,max=1000",
             "raw",
             "u64le,max=1",
+            "u32be,offset=8,adjust=12,keep",
+            "u16le,max=100,keep",
         ] {
             let f: Framing = spec.parse().unwrap();
             assert_eq!(f.to_string().parse::<Framing>().unwrap(), f, "{spec}");
@@ -481,6 +548,17 @@ mod tests {
         assert!(matches!(err("u32be,max=5GiB"), SpecError::BadValue { .. }));
         assert!(matches!(err("u32be,offset=x"), SpecError::BadValue { .. }));
         assert!(matches!(err("u32be,offset=65"), SpecError::BadValue { .. }));
+        assert!(matches!(err("line,keep"), SpecError::NotApplicable { .. }));
+        assert!(matches!(
+            err("netstring,keep"),
+            SpecError::NotApplicable { .. }
+        ));
+        assert!(matches!(
+            err("u32be,keep,keep"),
+            SpecError::DuplicateModifier(k) if k == "keep"
+        ));
+        assert!(matches!(err("u32be,keep=1"), SpecError::BadValue { .. }));
+        assert!(matches!(err("u32be,kept"), SpecError::MalformedModifier(_)));
         assert!(matches!(
             err("u8,max=256"),
             SpecError::MaxBeyondField { limit: 255, .. }

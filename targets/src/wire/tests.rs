@@ -253,6 +253,149 @@ fn adjust_counts_the_length_field_itself() {
     assert_eq!(&tight.encode_all(&[b""]).unwrap().0[..], b"\xff");
 }
 
+/// A memcached binary-protocol `get` request for key `k`: magic, opcode, key length,
+/// extras length, data type, vbucket (the 8 bytes before the length field), total body
+/// length, opaque, CAS, then the key.
+fn memcached_get(key: &[u8], opaque: u32) -> Vec<u8> {
+    let mut frame = vec![0x80, 0x00];
+    frame.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&opaque.to_be_bytes());
+    frame.extend_from_slice(&[0; 8]);
+    frame.extend_from_slice(key);
+    frame
+}
+
+const MEMCACHED: &str = "u32be,offset=8,adjust=12,keep";
+
+#[test]
+fn keep_decodes_a_memcached_request_to_the_whole_frame_whatever_the_chunking() {
+    let framing: Framing = MEMCACHED.parse().unwrap();
+    let frames = [
+        memcached_get(b"k0", 7),
+        memcached_get(b"", 8),
+        memcached_get(&[b'x'; 300], 9),
+    ];
+    let (stream, _) = framing.encode_all(&frames).unwrap();
+    assert_eq!(
+        &stream[..],
+        &frames.concat()[..],
+        "a consistent frame is sent as it is"
+    );
+    for chunk in [1, 2, 3, 7, 11, 12, 13, 24, 64, stream.len()] {
+        assert_eq!(
+            decode_chunked(&framing, &stream, chunk).unwrap(),
+            frames,
+            "chunk {chunk}"
+        );
+    }
+    // Without `keep`, the same stream decodes to the bodies: the 8 header bytes are lost.
+    let plain: Framing = "u32be,offset=8,adjust=12".parse().unwrap();
+    assert_eq!(
+        decode_chunked(&plain, &stream, 5).unwrap()[0],
+        frames[0][12..]
+    );
+}
+
+#[test]
+fn keep_rewrites_the_length_field_from_the_payload_and_keeps_the_offset_bytes() {
+    let framing: Framing = MEMCACHED.parse().unwrap();
+    let mut stale = memcached_get(b"key", 1);
+    stale[8..12].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let (stream, layouts) = framing.encode_all(&[&stale]).unwrap();
+    assert_eq!(
+        &stream[..8],
+        &stale[..8],
+        "opcode, key length... go out as recorded"
+    );
+    assert_eq!(
+        &stream[8..12],
+        &[0, 0, 0, 3],
+        "the length field says the key's 3 bytes"
+    );
+    assert_eq!(&stream[12..], &stale[12..]);
+    let l = &layouts[0];
+    assert_eq!(
+        (l.start, l.length_field.clone(), l.body.clone(), l.end),
+        (0, 8..12, 12..27, 27)
+    );
+    // What decodes is what the next encode sends: the round trip is a fixed point.
+    let decoded = decode_chunked(&framing, &stream, 4).unwrap();
+    assert_eq!(framing.encode_all(&decoded).unwrap().0, stream);
+}
+
+#[test]
+fn keep_layouts_find_the_header_inside_the_payload_for_frame_aware_cuts() {
+    for spec in [
+        "u16be,keep",
+        "u32le,adjust=-4,keep",
+        "u8,offset=3,keep",
+        MEMCACHED,
+    ] {
+        let framing: Framing = spec.parse().unwrap();
+        let header = framing.kept_header_len();
+        let body_min = match framing {
+            Framing::Length(l) => l.adjust.max(0) as usize,
+            _ => unreachable!(),
+        };
+        let msgs: Vec<Vec<u8>> = [0usize, 1, 5, 200]
+            .iter()
+            .map(|n| (0..header + body_min + n).map(|i| i as u8).collect())
+            .collect();
+        let (stream, layouts) = framing.encode_all(&msgs).unwrap();
+        let mut scanner = FrameScanner::new(framing);
+        let mut found = Vec::new();
+        scanner.feed(&stream, &mut found).unwrap();
+        for ((msg, l), f) in msgs.iter().zip(&layouts).zip(&found) {
+            assert_eq!(l.header().len(), header, "{spec}");
+            assert_eq!(l.len(), msg.len(), "{spec}: the frame is the payload");
+            assert_eq!(&stream[l.body.clone()], &msg[header..], "{spec}");
+            assert_eq!(f.clip(0..stream.len() as u64).as_ref(), Some(l), "{spec}");
+        }
+    }
+}
+
+#[test]
+fn keep_refuses_a_payload_shorter_than_its_header() {
+    let framing: Framing = MEMCACHED.parse().unwrap();
+    assert!(matches!(
+        framing.encode_all(&[&[0x80u8; 11][..]]),
+        Err(WireError::ShorterThanHeader {
+            len: 11,
+            header: 12
+        })
+    ));
+    // `adjust` and `max` still bound the part after the header.
+    assert!(matches!(
+        framing.encode_all(&[&[0u8; 12 + 11][..]]),
+        Err(WireError::TooShortForAdjust {
+            len: 11,
+            adjust: 12
+        })
+    ));
+    let small: Framing = "u8,keep,max=4".parse().unwrap();
+    assert!(small.encode_all(&[b"\0abcd"]).is_ok());
+    assert!(matches!(
+        small.encode_all(&[b"\0abcde"]),
+        Err(WireError::FrameTooLarge { len: 5, max: 4 })
+    ));
+}
+
+#[test]
+fn keep_eof_inside_a_frame_is_truncated_with_every_byte_counted() {
+    let framing: Framing = MEMCACHED.parse().unwrap();
+    let (stream, _) = framing.encode_all(&[memcached_get(b"abc", 1)]).unwrap();
+    for cut in 1..stream.len() {
+        for chunk in [1, cut] {
+            match decode_chunked(&framing, &stream[..cut], chunk) {
+                Err(WireError::Truncated { received }) => assert_eq!(received, cut),
+                other => panic!("cut at {cut}, chunk {chunk}: {other:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn negative_adjust_decodes_up_to_max() {
     // tokio-util clamps its raw-field check to field max + adjust (found by frame_roundtrip).
@@ -492,6 +635,38 @@ mod round_trips {
                     Err(e) => prop_assert!(false, "cut at {}: {}", cut, e),
                 }
             }
+        }
+
+        #[test]
+        fn keep_round_trips_whole_frames_whatever_the_chunking(
+            spec in prop_oneof![
+                Just("u32be,offset=8,adjust=12,keep"),
+                Just("u16le,keep"),
+                Just("u8,offset=2,adjust=-1,keep,max=200"),
+                Just("i32be,offset=1,keep"),
+            ],
+            msgs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..6),
+            chunk in 1usize..40,
+        ) {
+            let framing: Framing = spec.parse().unwrap();
+            let min = framing.kept_header_len() + match framing {
+                Framing::Length(l) => l.adjust.max(0) as usize,
+                _ => 0,
+            };
+            let limit = framing.kept_header_len() + framing.max();
+            let msgs: Vec<Vec<u8>> = msgs.into_iter().filter(|m| (min..=limit).contains(&m.len())).collect();
+            let (stream, layouts) = framing.encode_all(&msgs).unwrap();
+            prop_assert_eq!(stream.len(), msgs.iter().map(Vec::len).sum::<usize>());
+            let decoded = decode_chunked(&framing, &stream, chunk).unwrap();
+            prop_assert_eq!(decoded.len(), msgs.len());
+            for ((got, sent), l) in decoded.iter().zip(&msgs).zip(&layouts) {
+                // Everything but the length field is the payload's own; the field is rewritten.
+                let field = l.length_field.start - l.start..l.length_field.end - l.start;
+                prop_assert_eq!(&got[..field.start], &sent[..field.start]);
+                prop_assert_eq!(&got[field.end..], &sent[field.end..]);
+            }
+            // Decoded frames re-encode to the very stream.
+            prop_assert_eq!(framing.encode_all(&decoded).unwrap().0, stream);
         }
 
         #[test]
