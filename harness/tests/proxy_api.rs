@@ -640,7 +640,10 @@ fn split_toxic_with_framing_cuts_each_frame_into_separate_reads_and_delivers_it_
     assert!(reads >= 20, "pieces seen as separate reads: only {reads}");
     // Frame-aware: the middle of the large body goes coarse. Cut unframed at 8 bytes,
     // that body alone would take 1 000 reads (merging only lowers the count).
-    assert!(reads < 8192 / 8, "{reads} reads: the large body was cut finely");
+    assert!(
+        reads < 8192 / 8,
+        "{reads} reads: the large body was cut finely"
+    );
 }
 
 #[test]
@@ -666,8 +669,15 @@ fn boundary_toxic_ends_every_read_at_a_frame_edge_cut() {
         .copied()
         .filter(|e| !allowed.contains(e))
         .collect();
-    eprintln!("boundary: {} cuts planned, {} reads", cuts.len(), ends.len());
-    assert!(stray.is_empty(), "reads ended off the frame edges at {stray:?}; all: {ends:?}");
+    eprintln!(
+        "boundary: {} cuts planned, {} reads",
+        cuts.len(),
+        ends.len()
+    );
+    assert!(
+        stray.is_empty(),
+        "reads ended off the frame edges at {stray:?}; all: {ends:?}"
+    );
     assert!(
         ends.len() >= sizes.len(),
         "{} reads for {} cuts: the frames were not cut",
@@ -706,7 +716,11 @@ fn coalesce_toxic_merges_frames_sent_5_ms_apart_into_fewer_reads_at_frame_ends()
     assert_eq!(seen.bytes(), stream, "the stream arrives byte-exact");
     let ends = seen.read_ends();
     eprintln!("coalesce: 40 frames sent 5 ms apart, {} reads", ends.len());
-    assert!(ends.len() <= 30, "{} reads: frames were not merged", ends.len());
+    assert!(
+        ends.len() <= 30,
+        "{} reads: frames were not merged",
+        ends.len()
+    );
     let frame_ends: Vec<usize> = layouts.iter().map(|f| f.end).collect();
     assert!(
         ends.iter().all(|e| frame_ends.contains(e)),
@@ -732,7 +746,12 @@ fn disconnect_toxic_delivers_whole_frames_then_cuts_inside_the_next_one() {
         let (_api, listen) = proxy_with_toxic(upstream, &toxic);
         let seen = send_through(listen, &[stream.clone()], Duration::ZERO, &seen);
         let got = seen.bytes();
-        eprintln!("disconnect {at} {mode}: {} of {} bytes, {:?}", got.len(), stream.len(), seen.end);
+        eprintln!(
+            "disconnect {at} {mode}: {} of {} bytes, {:?}",
+            got.len(),
+            stream.len(),
+            seen.end
+        );
         assert_eq!(seen.end, end, "{at} {mode}: the connection ends as asked");
         assert_eq!(got, stream[..got.len()], "{at}: what arrived is a prefix");
         // The frame the cut fell in, and how far into it.
