@@ -630,7 +630,7 @@ fn split_toxic_with_framing_cuts_each_frame_into_separate_reads_and_delivers_it_
         r#"{"name":"cut","type":"split","stream":"upstream",
             "attributes":{"framing":"u32be","max":8,"pause_us":3000,"seed":11}}"#,
     );
-    let seen = send_through(listen, &[stream.clone()], Duration::ZERO, &seen);
+    let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
     assert_eq!(seen.end, End::Eof, "the client's FIN is passed on");
     assert_eq!(seen.bytes(), stream, "the stream arrives byte-exact");
     assert_eq!(u32be_payloads(&seen.bytes()), sent, "every frame whole");
@@ -660,7 +660,7 @@ fn boundary_toxic_ends_every_read_at_a_frame_edge_cut() {
         r#"{"name":"edges","type":"boundary","stream":"upstream",
             "attributes":{"framing":"u32be","all":true,"pause_us":3000,"seed":5}}"#,
     );
-    let seen = send_through(listen, &[stream.clone()], Duration::ZERO, &seen);
+    let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
     assert_eq!(seen.end, End::Eof);
     assert_eq!(seen.bytes(), stream, "the stream arrives byte-exact");
     let ends = seen.read_ends();
@@ -744,7 +744,7 @@ fn disconnect_toxic_delivers_whole_frames_then_cuts_inside_the_next_one() {
                 "attributes":{{"framing":"u32be","mode":"{mode}","at":"{at}","seed":9}}}}"#
         );
         let (_api, listen) = proxy_with_toxic(upstream, &toxic);
-        let seen = send_through(listen, &[stream.clone()], Duration::ZERO, &seen);
+        let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
         let got = seen.bytes();
         eprintln!(
             "disconnect {at} {mode}: {} of {} bytes, {:?}",
