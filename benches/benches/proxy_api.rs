@@ -1,44 +1,58 @@
-//! proxy_api: a proxy created through `chopstick proxy --api` (Toxiproxy's HTTP API,
-//! in-process) against noxious (Toxiproxy's Rust port, in-process, its proxy runner:
-//! what its API drives) and chopstick's fixed relay, in the same run; and what a
-//! toxic change costs while connections are open.
+//! proxy_api: proxies created over Toxiproxy's HTTP API, chopstick's (`chopstick proxy
+//! --api`, in-process) against noxious's (Toxiproxy's Rust port behind the same routes,
+//! [`benches::nox_api`], in-process), with no proxy (`direct`) and chopstick's fixed
+//! relay as references, in the same run; and what a toxic change costs while
+//! connections are open. Added latency = a proxy's round trip - `direct`'s.
 //!
 //! - `proxy_api_bulk`: one persistent connection; an iteration sends 8 MiB of 16 KiB
 //!   `u32be` frames and waits for the sink's one-byte ack (as in `proxy.rs`).
-//! - `proxy_api_pingpong`: one 64-byte round trip through a byte echo.
+//!   `*_churn`: the same while another task adds and removes a toxic on the proxy's
+//!   downstream every [`CHURN_EVERY`] over HTTP: what a live change costs the traffic in
+//!   flight. A churn row first probes one exchange under churn on a fresh connection
+//!   and is skipped, saying so, if it does not complete within [`PROBE_TIMEOUT`] (a
+//!   relay that stalls when a toxic changes must not hang the bench).
+//! - `proxy_api_pingpong`: one 64-byte round trip through a byte echo; `*_churn` as
+//!   above (probe: 100 round trips).
 //! - `proxy_api_toxic_change`: one iteration = `POST /proxies/{name}/toxics` (a
 //!   `latency` toxic of 0 ms) then `DELETE` it, each a fresh HTTP/1.1 connection, with
-//!   0 or [`LIVE`] idle connections open through the proxy (each one's both directions
-//!   re-read the toxic list).
-//! - `proxy_api_bulk_churn`: the bulk row while another task adds and removes a
-//!   toxic on the other stream every [`CHURN_EVERY`]: what a live change costs the
-//!   traffic in flight.
+//!   0 or [`LIVE`] idle connections open through the proxy (chopstick answers once the
+//!   list is swapped and every connection re-reads it on its own; noxious answers once
+//!   it has rebuilt every connection's links).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::nox;
 use chopstick::proxy::api::{ApiHandle, ApiSettings};
 use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Idle connections held open through the proxy for the toxic-change row.
+/// Idle connections held open through the proxy for the toxic-change rows.
 const LIVE: usize = 200;
 /// How often the churn task adds or removes a toxic.
 const CHURN_EVERY: Duration = Duration::from_millis(10);
+/// Longest any one HTTP request of the bench may take; a stuck API fails the bench.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one probe exchange under toxic churn may take before its row is skipped.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One HTTP/1.1 request (`Connection: close`); the status code.
+/// One HTTP/1.1 request (`Connection: close`); the status code and body.
 async fn http(api: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(api).await.expect("api");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("response");
+    let exchange = async {
+        let mut s = TcpStream::connect(api).await.expect("api");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("response");
+        out
+    };
+    let out = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within {HTTP_TIMEOUT:?}"));
     let status = out[9..12].parse().expect("status");
     let body = out
         .split_once("\r\n\r\n")
@@ -47,7 +61,8 @@ async fn http(api: SocketAddr, method: &str, path: &str, body: &str) -> (u16, St
     (status, body)
 }
 
-/// Creates proxy `name` to `upstream` through the API; where it listens.
+/// Creates proxy `name` to `upstream` through the API at `api`, as a Toxiproxy client
+/// does; where it listens.
 async fn create(api: SocketAddr, name: &str, upstream: SocketAddr) -> SocketAddr {
     let body = format!(r#"{{"name":"{name}","upstream":"{upstream}","listen":"127.0.0.1:0"}}"#);
     let (status, body) = http(api, "POST", "/proxies", &body).await;
@@ -56,48 +71,160 @@ async fn create(api: SocketAddr, name: &str, upstream: SocketAddr) -> SocketAddr
     v["listen"].as_str().expect("listen").parse().expect("addr")
 }
 
-async fn toggle_toxic(api: SocketAddr, proxy: &str, stream: &str) {
+/// Adds a 0 ms `latency` toxic named `name` on `stream` of `proxy`, then removes it.
+async fn toggle_toxic(api: SocketAddr, proxy: &str, stream: &str, name: &str) {
     let body = format!(
-        r#"{{"name":"t","type":"latency","stream":"{stream}","attributes":{{"latency":0}}}}"#
+        r#"{{"name":"{name}","type":"latency","stream":"{stream}","attributes":{{"latency":0}}}}"#
     );
-    let (status, _) = http(api, "POST", &format!("/proxies/{proxy}/toxics"), &body).await;
-    assert_eq!(status, 200);
-    let (status, _) = http(api, "DELETE", &format!("/proxies/{proxy}/toxics/t"), "").await;
-    assert_eq!(status, 204);
+    let (status, body) = http(api, "POST", &format!("/proxies/{proxy}/toxics"), &body).await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/proxies/{proxy}/toxics/{name}");
+    let (status, body) = http(api, "DELETE", &path, "").await;
+    assert_eq!(status, 204, "{body}");
+}
+
+/// The churn task's toxic, apart from the one the toxic-change rows add.
+const CHURN_TOXIC: &str = "churn";
+
+/// A task adding and removing the toxic [`CHURN_TOXIC`] on one stream of a proxy every
+/// [`CHURN_EVERY`].
+struct Churn {
+    api: SocketAddr,
+    proxy: &'static str,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Churn {
+    fn start(api: SocketAddr, proxy: &'static str, stream: &'static str) -> Churn {
+        let task = tokio::spawn(async move {
+            loop {
+                toggle_toxic(api, proxy, stream, CHURN_TOXIC).await;
+                tokio::time::sleep(CHURN_EVERY).await;
+            }
+        });
+        Churn { api, proxy, task }
+    }
+
+    /// Stops the task and removes its toxic if the stop fell between add and remove.
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let path = format!("/proxies/{}/toxics/{CHURN_TOXIC}", self.proxy);
+        let _ = http(self.api, "DELETE", &path, "").await;
+    }
+}
+
+/// Whether one `exchange` on a fresh connection to `addr` completes within
+/// [`PROBE_TIMEOUT`] while toxics churn on `stream` of `proxy`: a relay that stalls or
+/// loses bytes when a toxic changes would hang its row, so the row is skipped, saying so.
+fn survives_churn<F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    row: &str,
+    target: (SocketAddr, Api),
+    proxy: &'static str,
+    stream: &'static str,
+    exchange: F,
+) -> bool
+where
+    F: FnOnce(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let (addr, api) = target;
+    rt.block_on(async {
+        let s = benches::connect(addr).await;
+        let churn = Churn::start(api.addr, proxy, stream);
+        let done = tokio::time::timeout(PROBE_TIMEOUT, exchange(s)).await;
+        churn.stop().await;
+        match done {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                eprintln!("{row}: skipped: the connection failed under toxic churn: {e}");
+                false
+            }
+            Err(_) => {
+                eprintln!(
+                    "{row}: skipped: one exchange under toxic churn did not complete within {PROBE_TIMEOUT:?}"
+                );
+                false
+            }
+        }
+    })
+}
+
+/// One API server under test: its row prefix and address.
+#[derive(Clone, Copy)]
+struct Api {
+    name: &'static str,
+    addr: SocketAddr,
+}
+
+/// A row: its name, where the client connects, and the API to churn toxics on.
+struct Row {
+    name: String,
+    addr: SocketAddr,
+    churn: Option<Api>,
+}
+
+fn rows(direct: SocketAddr, fixed: SocketAddr, proxied: &[(Api, SocketAddr)]) -> Vec<Row> {
+    let mut rows = vec![
+        Row {
+            name: "direct".into(),
+            addr: direct,
+            churn: None,
+        },
+        Row {
+            name: "chopstick_fixed".into(),
+            addr: fixed,
+            churn: None,
+        },
+    ];
+    for &(api, addr) in proxied {
+        rows.push(Row {
+            name: api.name.into(),
+            addr,
+            churn: None,
+        });
+    }
+    for &(api, addr) in proxied {
+        rows.push(Row {
+            name: format!("{}_churn", api.name),
+            addr,
+            churn: Some(api),
+        });
+    }
+    rows
 }
 
 fn bench(c: &mut Criterion) {
     let rt = Arc::new(benches::runtime());
-    let (api, bulk, ping, _keep) = rt.block_on(async {
+    let (chopstick, noxious, bulk, ping, ping_proxies, _keep) = rt.block_on(async {
         let sink = benches::spawn_sink().await;
         let echo = benches::spawn_byte_echo().await;
-        let api = ApiHandle::spawn(benches::listen().await, ApiSettings::default()).expect("api");
-        let addr = api.addr;
+        let chopstick =
+            ApiHandle::spawn(benches::listen().await, ApiSettings::default()).expect("api");
+        let noxious = benches::nox_api::spawn().await;
+        let apis = [
+            Api {
+                name: "chopstick_api",
+                addr: chopstick.addr,
+            },
+            Api {
+                name: "noxious_api",
+                addr: noxious.addr,
+            },
+        ];
         let fixed_bulk = benches::spawn_chopstick_proxy(sink, "", None).await;
         let fixed_ping = benches::spawn_chopstick_proxy(echo, "", None).await;
-        let nox_bulk = nox::spawn(sink, vec![]).await;
-        let nox_ping = nox::spawn(echo, vec![]).await;
-        let bulk = vec![
-            ("direct", sink),
-            ("chopstick_api", create(addr, "bulk", sink).await),
-            ("chopstick_fixed", fixed_bulk.addr),
-            ("noxious", nox_bulk.addr),
-        ];
-        let ping = vec![
-            ("direct", echo),
-            ("chopstick_api", create(addr, "ping", echo).await),
-            ("chopstick_fixed", fixed_ping.addr),
-            ("noxious", nox_ping.addr),
-        ];
-        let keep: Vec<Box<dyn std::any::Any + Send>> = vec![
-            Box::new(fixed_bulk),
-            Box::new(fixed_ping),
-            Box::new(nox_bulk),
-            Box::new(nox_ping),
-        ];
-        (api, bulk, ping, keep)
+        let (mut bulk_proxies, mut ping_proxies) = (Vec::new(), Vec::new());
+        for api in apis {
+            bulk_proxies.push((api, create(api.addr, "bulk", sink).await));
+            ping_proxies.push((api, create(api.addr, "ping", echo).await));
+        }
+        let bulk = rows(sink, fixed_bulk.addr, &bulk_proxies);
+        let ping = rows(echo, fixed_ping.addr, &ping_proxies);
+        let keep = (fixed_bulk, fixed_ping);
+        (chopstick, noxious, bulk, ping, ping_proxies, keep)
     });
-    let api_addr = api.addr;
     let data = Arc::new(benches::bulk_data(8 << 20));
 
     let mut group = c.benchmark_group("proxy_api_bulk");
@@ -106,61 +233,66 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Bytes(data.len() as u64));
-    for &(name, addr) in &bulk {
-        let conn = Arc::new(tokio::sync::Mutex::new(rt.block_on(benches::connect(addr))));
-        group.bench_function(name, |b| {
+    for row in &bulk {
+        if let Some(api) = row.churn {
+            let data = data.clone();
+            let probe = |mut s: TcpStream| async move { benches::bulk_once(&mut s, &data).await };
+            if !survives_churn(&rt, &row.name, (row.addr, api), "bulk", "downstream", probe) {
+                continue;
+            }
+        }
+        let conn = Arc::new(tokio::sync::Mutex::new(
+            rt.block_on(benches::connect(row.addr)),
+        ));
+        let churn_on = row.churn;
+        group.bench_function(&row.name, |b| {
             b.iter_custom(|iters| {
                 let (data, conn) = (data.clone(), conn.clone());
                 rt.block_on(rt.spawn(async move {
+                    let churning = churn_on.map(|api| Churn::start(api.addr, "bulk", "downstream"));
                     let mut s = conn.lock().await;
                     let start = Instant::now();
                     for _ in 0..iters {
                         benches::bulk_once(&mut s, &data).await.expect("bulk");
                     }
-                    start.elapsed()
+                    let took = start.elapsed();
+                    if let Some(c) = churning {
+                        c.stop().await;
+                    }
+                    took
                 }))
                 .expect("client task")
             })
         });
     }
-    // The same transfer while toxics come and go on the other stream of this proxy.
-    let conn = Arc::new(tokio::sync::Mutex::new(
-        rt.block_on(benches::connect(bulk[1].1)),
-    ));
-    group.bench_function("chopstick_api_churn", |b| {
-        b.iter_custom(|iters| {
-            let (data, conn) = (data.clone(), conn.clone());
-            rt.block_on(rt.spawn(async move {
-                let churn = tokio::spawn(async move {
-                    loop {
-                        toggle_toxic(api_addr, "bulk", "downstream").await;
-                        tokio::time::sleep(CHURN_EVERY).await;
-                    }
-                });
-                let mut s = conn.lock().await;
-                let start = Instant::now();
-                for _ in 0..iters {
-                    benches::bulk_once(&mut s, &data).await.expect("bulk");
-                }
-                let took = start.elapsed();
-                churn.abort();
-                took
-            }))
-            .expect("client task")
-        })
-    });
     group.finish();
 
     let mut group = c.benchmark_group("proxy_api_pingpong");
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
     group.sample_size(30);
-    for &(name, addr) in &ping {
-        let conn = Arc::new(tokio::sync::Mutex::new(rt.block_on(benches::connect(addr))));
-        group.bench_function(name, |b| {
+    for row in &ping {
+        if let Some(api) = row.churn {
+            let probe = |mut s: TcpStream| async move {
+                let mut back = [0u8; 64];
+                for _ in 0..100 {
+                    benches::ping_once(&mut s, &[7u8; 64], &mut back).await?;
+                }
+                Ok(())
+            };
+            if !survives_churn(&rt, &row.name, (row.addr, api), "ping", "downstream", probe) {
+                continue;
+            }
+        }
+        let conn = Arc::new(tokio::sync::Mutex::new(
+            rt.block_on(benches::connect(row.addr)),
+        ));
+        let churn_on = row.churn;
+        group.bench_function(&row.name, |b| {
             b.iter_custom(|iters| {
                 let conn = conn.clone();
                 rt.block_on(rt.spawn(async move {
+                    let churning = churn_on.map(|api| Churn::start(api.addr, "ping", "downstream"));
                     let mut s = conn.lock().await;
                     let msg = [7u8; 64];
                     let mut back = [0u8; 64];
@@ -170,7 +302,11 @@ fn bench(c: &mut Criterion) {
                             .await
                             .expect("ping");
                     }
-                    start.elapsed()
+                    let took = start.elapsed();
+                    if let Some(c) = churning {
+                        c.stop().await;
+                    }
+                    took
                 }))
                 .expect("client task")
             })
@@ -182,29 +318,32 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
     group.sample_size(20);
-    for live in [0, LIVE] {
-        let held: Vec<TcpStream> = rt.block_on(async {
-            let mut v = Vec::new();
-            for _ in 0..live {
-                v.push(benches::connect(ping[1].1).await);
-            }
-            v
-        });
-        group.bench_function(format!("add_remove_{live}_live"), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        toggle_toxic(api_addr, "ping", "upstream").await;
-                    }
-                    start.elapsed()
+    for (api, proxy_addr) in ping_proxies {
+        for live in [0, LIVE] {
+            let held: Vec<TcpStream> = rt.block_on(async {
+                let mut v = Vec::new();
+                for _ in 0..live {
+                    v.push(benches::connect(proxy_addr).await);
+                }
+                v
+            });
+            group.bench_function(format!("{}/add_remove_{live}_live", api.name), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            toggle_toxic(api.addr, "ping", "upstream", "t").await;
+                        }
+                        start.elapsed()
+                    })
                 })
-            })
-        });
-        drop(held);
+            });
+            drop(held);
+        }
     }
     group.finish();
-    rt.block_on(api.shutdown()).expect("api shutdown");
+    drop(noxious);
+    rt.block_on(chopstick.shutdown()).expect("api shutdown");
 }
 
 criterion_group!(benches, bench);

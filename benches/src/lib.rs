@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod nox_api;
+
 /// Whether the bench binary runs in criterion's `--test` mode (every benchmark once).
 pub fn test_mode() -> bool {
     std::env::args().any(|a| a == "--test")

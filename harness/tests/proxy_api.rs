@@ -1,6 +1,12 @@
 //! `chopstick proxy --api`: the Toxiproxy HTTP API driven by the real Toxiproxy clients
 //! (toxiproxy-python from PyPI, toxiproxy-node-client from npm, installed by ci/run),
-//! by raw HTTP, and the relay acceptance points of `--faults coalesce` / `split`.
+//! by raw HTTP, chopstick's frame-aware toxics observed at the upstream server's reads,
+//! and the relay acceptance points of `--faults coalesce` / `split`.
+//!
+//! Read boundaries are only asserted structurally: a busy reader may merge pieces the
+//! proxy wrote apart (so counts have loose lower bounds, or upper bounds merging cannot
+//! break), but for writes this small (one segment each) it never sees a read end where
+//! no write ended.
 //!
 //! The client tests look for the clients in `$CHOPSTICK_TOXIPROXY_CLIENTS` (default
 //! `target/toxiproxy-clients`: `py/` for pip's `--target`, `node/` for npm's
@@ -463,4 +469,319 @@ fn split_without_framing_cuts_64_kib_into_pieces_of_at_most_16_kib() {
     assert!(reads.len() >= 16, "{} reads", reads.len());
     assert!(reads.iter().all(|&r| r <= 16 * 1024), "{reads:?}");
     eprintln!("{} reads in {:?}", reads.len(), started.elapsed());
+}
+
+// ---- chopstick's frame-aware toxics, seen at the upstream server's reads ----
+
+/// Longest any one step of the frame-aware tests may wait (accept, read, result).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How an upstream peer's reading ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    Eof,
+    Reset,
+    Other(std::io::ErrorKind),
+}
+
+/// What the upstream server read on its one connection: every read's bytes, and the end.
+#[derive(Debug)]
+struct Seen {
+    reads: Vec<Vec<u8>>,
+    end: End,
+}
+
+impl Seen {
+    fn bytes(&self) -> Vec<u8> {
+        self.reads.concat()
+    }
+
+    /// Stream offsets where reads ended (the last one is the stream's length).
+    fn read_ends(&self) -> Vec<usize> {
+        self.reads
+            .iter()
+            .scan(0, |at, r| {
+                *at += r.len();
+                Some(*at)
+            })
+            .collect()
+    }
+}
+
+/// A one-connection upstream that records its reads (1 MiB buffer, so one read is what
+/// the kernel had queued) until EOF or error; the recording comes through the receiver.
+fn recording_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let started = Instant::now();
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if started.elapsed() < DEADLINE => thread::sleep(Duration::from_millis(2)),
+                Err(e) => panic!("no connection reached the upstream: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut reads = Vec::new();
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break End::Eof,
+                Ok(n) => reads.push(buf[..n].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break End::Reset,
+                Err(e) => break End::Other(e.kind()),
+            }
+        };
+        let _ = tx.send(Seen { reads, end });
+    });
+    (addr, rx)
+}
+
+/// `payloads` as one `u32be` stream, with each frame's layout.
+fn u32be_frames(payloads: &[Vec<u8>]) -> (Vec<u8>, Vec<chopstick_targets::wire::FrameLayout>) {
+    let framing: chopstick_targets::wire::Framing = "u32be".parse().unwrap();
+    let (stream, layouts) = framing.encode_all(payloads).unwrap();
+    (stream.to_vec(), layouts)
+}
+
+/// Payloads of the given sizes, each byte telling its frame and position apart.
+fn payloads(sizes: &[usize]) -> Vec<Vec<u8>> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+        .collect()
+}
+
+/// Splits a `u32be` stream into its payloads; panics on a malformed or partial one.
+fn u32be_payloads(mut stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !stream.is_empty() {
+        let (head, rest) = stream.split_at(4);
+        let n = u32::from_be_bytes(head.try_into().unwrap()) as usize;
+        out.push(rest[..n].to_vec());
+        stream = &rest[n..];
+    }
+    out
+}
+
+/// A running API with one proxy to `upstream` carrying the upstream-stream toxic
+/// `toxic` (a JSON body for `POST /proxies/{name}/toxics`); the proxy's address.
+fn proxy_with_toxic(upstream: SocketAddr, toxic: &str) -> (Chopstick, SocketAddr) {
+    let chopstick = Chopstick::api();
+    let (status, body) = http(
+        chopstick.addr,
+        "POST",
+        "/proxies",
+        &format!(r#"{{"name":"framed","upstream":"{upstream}","listen":"127.0.0.1:0"}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let listen = json(&body)["listen"].as_str().unwrap().parse().unwrap();
+    let (status, body) = http(chopstick.addr, "POST", "/proxies/framed/toxics", toxic);
+    assert_eq!(status, 200, "{body}");
+    eprintln!("toxic as shown back (its seed replays it): {body}");
+    (chopstick, listen)
+}
+
+/// Writes each of `writes` through the proxy at `listen`, `gap` apart, then half-closes
+/// and waits (bounded) until the proxy ends the connection; what the upstream read.
+fn send_through(
+    listen: SocketAddr,
+    writes: &[Vec<u8>],
+    gap: Duration,
+    upstream: &std::sync::mpsc::Receiver<Seen>,
+) -> Seen {
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    for (i, w) in writes.iter().enumerate() {
+        if i > 0 {
+            thread::sleep(gap);
+        }
+        // A proxy that already cut the connection may refuse the rest; the upstream's
+        // reads tell what went through.
+        if s.write_all(w).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    upstream
+        .recv_timeout(DEADLINE)
+        .expect("the upstream's connection ends within the deadline")
+}
+
+#[test]
+fn split_toxic_with_framing_cuts_each_frame_into_separate_reads_and_delivers_it_byte_exact() {
+    let (upstream, seen) = recording_upstream();
+    // Ten small frames and one of 8 KiB: fine cuts of at most `max` bytes at every frame
+    // edge, coarse ones (up to 64 KiB, split's default) inside the large body.
+    let sizes = [0, 1, 3, 20, 8192, 5, 40, 2, 17, 9, 30];
+    let sent = payloads(&sizes);
+    let (stream, _) = u32be_frames(&sent);
+    let (_api, listen) = proxy_with_toxic(
+        upstream,
+        r#"{"name":"cut","type":"split","stream":"upstream",
+            "attributes":{"framing":"u32be","max":8,"pause_us":3000,"seed":11}}"#,
+    );
+    let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
+    assert_eq!(seen.end, End::Eof, "the client's FIN is passed on");
+    assert_eq!(seen.bytes(), stream, "the stream arrives byte-exact");
+    assert_eq!(u32be_payloads(&seen.bytes()), sent, "every frame whole");
+    let reads = seen.reads.len();
+    eprintln!("split: {} bytes in {reads} reads", stream.len());
+    // About 70 pieces of 1..=8 bytes lie near frame edges; a starved reader merges some.
+    assert!(reads >= 20, "pieces seen as separate reads: only {reads}");
+    // Frame-aware: the middle of the large body goes coarse. Cut unframed at 8 bytes,
+    // that body alone would take 1 000 reads (merging only lowers the count).
+    assert!(
+        reads < 8192 / 8,
+        "{reads} reads: the large body was cut finely"
+    );
+}
+
+#[test]
+fn boundary_toxic_ends_every_read_at_a_frame_edge_cut() {
+    let (upstream, seen) = recording_upstream();
+    let sizes = [0, 1, 2, 5, 20, 40, 3, 17, 100, 9];
+    let sent = payloads(&sizes);
+    let (stream, layouts) = u32be_frames(&sent);
+    let cuts = chopstick::chaos::faults::boundary::cuts(&layouts);
+    let mut allowed: Vec<usize> = cuts.iter().map(|&(_, at)| at).collect();
+    allowed.push(stream.len());
+    let (_api, listen) = proxy_with_toxic(
+        upstream,
+        r#"{"name":"edges","type":"boundary","stream":"upstream",
+            "attributes":{"framing":"u32be","all":true,"pause_us":3000,"seed":5}}"#,
+    );
+    let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
+    assert_eq!(seen.end, End::Eof);
+    assert_eq!(seen.bytes(), stream, "the stream arrives byte-exact");
+    let ends = seen.read_ends();
+    let stray: Vec<usize> = ends
+        .iter()
+        .copied()
+        .filter(|e| !allowed.contains(e))
+        .collect();
+    eprintln!(
+        "boundary: {} cuts planned, {} reads",
+        cuts.len(),
+        ends.len()
+    );
+    assert!(
+        stray.is_empty(),
+        "reads ended off the frame edges at {stray:?}; all: {ends:?}"
+    );
+    assert!(
+        ends.len() >= sizes.len(),
+        "{} reads for {} cuts: the frames were not cut",
+        ends.len(),
+        cuts.len()
+    );
+    // Header edges are among them: at least one read ends exactly where a body starts
+    // or inside a length field (a receiver that assumes whole headers breaks there).
+    let header_edges: Vec<usize> = layouts
+        .iter()
+        .flat_map(|f| f.length_field.start + 1..=f.body.start)
+        .collect();
+    assert!(
+        ends.iter().any(|e| header_edges.contains(e)),
+        "no read ended inside or at the end of a header: {ends:?}"
+    );
+}
+
+#[test]
+fn coalesce_toxic_merges_frames_sent_5_ms_apart_into_fewer_reads_at_frame_ends() {
+    let (upstream, seen) = recording_upstream();
+    let sent: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 8]).collect();
+    let (stream, layouts) = u32be_frames(&sent);
+    let writes: Vec<Vec<u8>> = layouts
+        .iter()
+        .map(|f| stream[f.start..f.end].to_vec())
+        .collect();
+    // partial=0: groups of whole frames only, so every read ends at a frame end.
+    let (_api, listen) = proxy_with_toxic(
+        upstream,
+        r#"{"name":"sticky","type":"coalesce","stream":"upstream",
+            "attributes":{"framing":"u32be","partial":0,"seed":3}}"#,
+    );
+    let seen = send_through(listen, &writes, Duration::from_millis(5), &seen);
+    assert_eq!(seen.end, End::Eof);
+    assert_eq!(seen.bytes(), stream, "the stream arrives byte-exact");
+    let ends = seen.read_ends();
+    eprintln!("coalesce: 40 frames sent 5 ms apart, {} reads", ends.len());
+    assert!(
+        ends.len() <= 30,
+        "{} reads: frames were not merged",
+        ends.len()
+    );
+    let frame_ends: Vec<usize> = layouts.iter().map(|f| f.end).collect();
+    assert!(
+        ends.iter().all(|e| frame_ends.contains(e)),
+        "a read ended inside a frame: {ends:?}"
+    );
+}
+
+#[test]
+fn disconnect_toxic_delivers_whole_frames_then_cuts_inside_the_next_one() {
+    let sizes = [6, 30, 0, 12, 50, 8, 25, 4];
+    let sent = payloads(&sizes);
+    let (stream, layouts) = u32be_frames(&sent);
+    for (at, mode, end) in [
+        ("mid-body", "close", End::Eof),
+        ("mid-header", "reset", End::Reset),
+        ("boundary", "close", End::Eof),
+    ] {
+        let (upstream, seen) = recording_upstream();
+        let toxic = format!(
+            r#"{{"name":"drop","type":"disconnect","stream":"upstream",
+                "attributes":{{"framing":"u32be","mode":"{mode}","at":"{at}","seed":9}}}}"#
+        );
+        let (_api, listen) = proxy_with_toxic(upstream, &toxic);
+        let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
+        let got = seen.bytes();
+        eprintln!(
+            "disconnect {at} {mode}: {} of {} bytes, {:?}",
+            got.len(),
+            stream.len(),
+            seen.end
+        );
+        assert_eq!(seen.end, end, "{at} {mode}: the connection ends as asked");
+        assert_eq!(got, stream[..got.len()], "{at}: what arrived is a prefix");
+        // The frame the cut fell in, and how far into it.
+        let cut = got.len();
+        let whole = layouts.iter().filter(|f| f.end <= cut).count();
+        let next = layouts.get(whole);
+        match at {
+            "mid-body" => {
+                let f = next.expect("a frame was cut");
+                assert!(
+                    cut > f.body.start && cut < f.end,
+                    "{cut} is not inside the body {:?}",
+                    f.body
+                );
+            }
+            "mid-header" => {
+                let f = next.expect("a frame was cut");
+                assert!(
+                    cut > f.start && cut < f.body.start,
+                    "{cut} is not inside the header {:?}",
+                    f.header()
+                );
+            }
+            _ => assert!(
+                cut == 0 || layouts.iter().any(|f| f.end == cut),
+                "{cut} is not between frames"
+            ),
+        }
+        // Everything before the cut's frame is whole frames, byte-exact.
+        let before = layouts[..whole].last().map_or(0, |f| f.end);
+        assert_eq!(u32be_payloads(&got[..before]), sent[..whole]);
+    }
 }

@@ -8,6 +8,7 @@ Prints one line per check; exits non-zero on the first failure.
 import socket
 import struct
 import sys
+import threading
 import time
 
 import requests
@@ -259,6 +260,58 @@ s.close()
 assert total and len(total) % FRAME in (1, 2, 3), len(total)
 p.destroy_toxic("d")
 ok("disconnect toxic: closed after %d bytes, inside a length field" % len(total))
+
+# The same toxics on the client-to-server stream, as the README asks for them
+# (`add_toxic(type="boundary", stream="upstream", attributes={"framing": "u32be"})`),
+# seen where they matter: at the upstream server's reads.
+def record_reads(listener, out):
+    """Accepts one connection, records where each read ended until EOF."""
+    conn, _ = listener.accept()
+    conn.settimeout(WAIT)
+    ends, total = [], 0
+    while True:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        total += len(chunk)
+        ends.append(total)
+    conn.close()
+    out.append(ends)
+
+
+def upstream_read_ends(toxic):
+    """Sends ten 20-byte frames through a fresh proxy carrying `toxic` (add_toxic's
+    keyword arguments); where the upstream server's reads ended."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(WAIT)
+    out = []
+    reader = threading.Thread(target=record_reads, args=(listener, out))
+    reader.start()
+    proxy = t.create(upstream="127.0.0.1:%d" % listener.getsockname()[1], name="framed")
+    proxy.add_toxic(**toxic)
+    s = connect(proxy)
+    s.sendall(frames(10, 20))
+    s.shutdown(socket.SHUT_WR)
+    reader.join(WAIT)
+    s.close()
+    listener.close()
+    proxy.destroy()
+    assert out, "the upstream saw no end of stream"
+    return out[0]
+
+
+ends = upstream_read_ends(dict(type="boundary", stream="upstream", attributes={"framing": "u32be"}))
+bad = [e for e in ends if e % FRAME not in ALLOWED]
+assert ends[-1] == 10 * FRAME and not bad and len(ends) >= 5, (ends, bad)
+ok("boundary toxic upstream: %d reads at the server, all ending at frame cuts" % len(ends))
+
+ends = upstream_read_ends(dict(type="split", stream="upstream",
+                               attributes={"framing": "u32be", "max": 4, "pause_us": 3000}))
+sizes = [b - a for a, b in zip([0] + ends, ends)]
+assert ends[-1] == 10 * FRAME and len(ends) >= 20, ends
+ok("split toxic upstream: %d reads at the server, %d bytes at most" % (len(ends), max(sizes)))
 
 # populate (client-side, as toxiproxy-python does it) and reset.
 made = t.populate([{"name": "two", "upstream": ECHO, "listen": "127.0.0.1:0"}])
