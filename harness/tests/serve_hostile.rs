@@ -1,7 +1,8 @@
 //! The real `chopstick serve` binary attacked from outside (issue 13): killed with
 //! SIGKILL while children run, its environment read through /proc, exec's children
-//! asked for files outside their sandbox, stopped with SIGTERM while requests are in
-//! flight. Real processes, real loopback sockets; every wait is bounded.
+//! asked for files outside their sandbox, 300 CPU-bound commands at once, a request
+//! header beyond the 64 KiB limit. Real processes, real loopback sockets; every wait
+//! is bounded, and timings are printed, never asserted (only orderings are).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -194,4 +195,117 @@ fn proxy_refuses_a_non_loopback_listen_without_allow_remote() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--allow-remote"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
+
+/// A CPU-bound command line no other test runs, so /proc finds only this test's.
+const HOG: [&str; 4] = ["wc", "-l", "-c", "/dev/zero"];
+const HOGS: usize = 300;
+/// How long all of them may take to start: before the first one's deadline.
+const HOGS_START_BOUND: Duration = Duration::from_secs(18);
+
+/// Whether a reply (or anything) is waiting to be read on `s`, without reading it.
+fn has_data(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let ready = matches!(s.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+    s.set_nonblocking(false).unwrap();
+    ready
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+}
+
+#[test]
+fn behind_300_cpu_bound_commands_a_fresh_echo_hi_is_answered_first_and_every_child_ends_at_its_deadline(
+) {
+    // The server's defaults, unless this machine is too small for them to run 300 at
+    // once (the point is that many CPU-bound children cost the server nothing).
+    let default = chopstick_targets::exec::slots::default_max_children();
+    let enough = (HOGS + 1).to_string();
+    // Longer than the default 5 s: starting 300 children on a busy 2-core machine
+    // (debug build, other processes at nice 0) took 6-11 s here, and all must be
+    // running before the first deadline.
+    let mut args = vec!["exec", "--timeout", "20"];
+    if default <= HOGS {
+        eprintln!("default max_children here is {default}: passing --max-children {enough}");
+        args.extend(["--max-children", &enough]);
+    }
+    let (_server, addr) = serve(&args, &[]);
+    let t0 = Instant::now();
+    let mut hogs: Vec<TcpStream> = (0..HOGS)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(&exec_request(&HOG)).unwrap();
+            s
+        })
+        .collect();
+    let mut running = 0;
+    while running < HOGS && t0.elapsed() < HOGS_START_BOUND {
+        std::thread::sleep(Duration::from_millis(50));
+        running = live_procs(&HOG).len();
+    }
+    let all_running = t0.elapsed();
+    assert_eq!(running, HOGS, "not all running within {HOGS_START_BOUND:?}");
+
+    let probe = Instant::now();
+    let mut s = connect(addr);
+    s.write_all(&exec_request(&["echo", "hi"])).unwrap();
+    let (reply, body) = read_hjson(&mut s);
+    let echo_took = probe.elapsed();
+    assert_eq!(body, b"hi\n", "echo hi did not run: {reply}");
+    assert_eq!(reply["exit"], 0, "{reply}");
+    // The hogs are answered when their 20 s deadline kills them; echo hi, sent after
+    // all of them started, must come back before any of them.
+    let answered = hogs.iter().filter(|h| has_data(h)).count();
+    assert_eq!(
+        answered, 0,
+        "{answered} hogs answered before echo hi ({echo_took:?})"
+    );
+
+    for h in &mut hogs {
+        let (reply, _) = read_hjson(h);
+        assert_eq!(
+            reply["timed_out"], true,
+            "every hog runs until killed: {reply}"
+        );
+    }
+    let last_reply = t0.elapsed();
+    wait_until("every CPU-bound child gone", || live_procs(&HOG).is_empty());
+    let gone = t0.elapsed();
+    eprintln!(
+        "{HOGS} x {HOG:?} (timeout 20 s): all running {all_running:?} after the first \
+         request; fresh echo hi answered in {echo_took:?}; last reply {last_reply:?}, \
+         every child gone {gone:?} after the first request; load average {}",
+        load_average().trim()
+    );
+}
+
+#[test]
+fn an_exec_header_beyond_64_kib_gets_an_error_reply_and_the_connection_goes_on() {
+    let (_server, addr) = serve(&["exec"], &[]);
+    let mut s = connect(addr);
+    // Within the argv limits (256 arguments of 4 KiB), so only the header is too long.
+    let long = "a".repeat(4096);
+    let argv: Vec<&str> = std::iter::once("echo")
+        .chain(std::iter::repeat_n(long.as_str(), 255))
+        .collect();
+    let request = hjson(
+        serde_json::json!({ "argv": argv }),
+        b"its stdin, skipped too",
+    );
+    assert!(request.len() > 15 * 64 * 1024);
+    s.write_all(&request).unwrap();
+    s.write_all(&exec_request(&["echo", "after"])).unwrap();
+    let (reply, body) = read_hjson(&mut s);
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("more than the limit of 65536"),
+        "expected a refusal naming the limit: {reply}"
+    );
+    assert!(body.is_empty());
+    let (reply, body) = read_hjson(&mut s);
+    assert_eq!(
+        body, b"after\n",
+        "the next request on the connection: {reply}"
+    );
 }

@@ -155,6 +155,10 @@ fn expect_true(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 /// The whole table.
 fn table() -> Vec<Row> {
     use Expect::*;
+    // Within the argv limits (256 arguments of 4 KiB), beyond the 64 KiB header.
+    let long_argv: Vec<String> = std::iter::once("echo".to_string())
+        .chain(std::iter::repeat_n("a".repeat(4096), 255))
+        .collect();
     let mut rows = vec![
         // --- lengths ---
         row(
@@ -331,9 +335,19 @@ fn table() -> Vec<Row> {
         ),
         // --- a 1 MiB header ---
         row(
-            "exec: 1 MiB header",
+            "exec: 1 MiB header (argv of 256 x 4 KiB), sent in full",
             Srv::Exec,
-            bytes((1u32 << 20).to_be_bytes().to_vec()),
+            // Written by hand: the encoder refuses a header this long.
+            bytes(raw_hjson(
+                &serde_json::to_vec(&json!({ "argv": long_argv, "size": 21 })).unwrap(),
+                b"stdin skipped with it",
+            )),
+            Refused("more than the limit of 65536"),
+        ),
+        row(
+            "exec: 16 MiB header length (beyond the frame limit)",
+            Srv::Exec,
+            bytes((16u32 << 20).to_be_bytes().to_vec()),
             Closed("too_large"),
         ),
         row(
@@ -775,13 +789,34 @@ async fn play(servers: &Servers, row: &Row) -> (TcpStream, Option<u8>) {
     }
 }
 
-async fn check_row(servers: &Servers, row: &Row) {
+/// The promise a row checks, in words (for the table in RELIABILITY.md).
+fn promise(expect: &Expect) -> String {
+    match expect {
+        Expect::Closed(kind) => format!("close, no reply, counted `{kind}`"),
+        Expect::Refused(why) => format!("error reply naming \"{why}\", connection still serves"),
+        Expect::Reply(_) => "a bounded, correct reply (row name), connection still serves".into(),
+        Expect::Rejected => "verdict 0, close, counted `auth_rejected`".into(),
+    }
+}
+
+/// Client text shortened for one table cell.
+fn cell(text: &str) -> String {
+    const MAX: usize = 90;
+    let text = text.replace('|', "\\|").replace('\n', " ");
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text,
+    }
+}
+
+/// Checks the row's outcome; returns what was seen, in words.
+async fn check_row(servers: &Servers, row: &Row) -> String {
     let name = &row.name;
     let (handle, counters) = servers.get(&row.srv);
     // Healthy probes run alongside and end cleanly, so they never touch `errors`.
     let before = counters.snapshot();
     let (mut s, verdict) = play(servers, row).await;
-    match &row.expect {
+    let seen = match &row.expect {
         Expect::Closed(kind) => {
             let (rest, _) = read_to_end_or_error(&mut s).await;
             assert!(
@@ -796,6 +831,7 @@ async fn check_row(servers: &Servers, row: &Row) {
                 })
                 .await
                 .unwrap_or_else(|c| panic!("{name}: not counted as {kind}: {c:?}"));
+            format!("closed, 0 reply bytes, `{kind}` counted")
         }
         Expect::Rejected => {
             assert_eq!(verdict, Some(auth::REJECTED), "{name}: verdict");
@@ -808,6 +844,7 @@ async fn check_row(servers: &Servers, row: &Row) {
                 })
                 .await
                 .unwrap_or_else(|c| panic!("{name}: not counted as rejected: {c:?}"));
+            "verdict 0, closed, `auth_rejected` counted".into()
         }
         Expect::Refused(why) => {
             let reply = read_reply(&mut s, &row.srv).await;
@@ -825,6 +862,7 @@ async fn check_row(servers: &Servers, row: &Row) {
                     .await
                     .unwrap_or_else(|e| panic!("{name}: connection unusable after refusal: {e}"));
             }
+            format!("refused: \"{}\"", cell(error))
         }
         Expect::Reply(check) => {
             let reply = read_reply(&mut s, &row.srv).await;
@@ -832,14 +870,24 @@ async fn check_row(servers: &Servers, row: &Row) {
             healthy_exchange(&mut s, &row.srv)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: connection unusable after reply: {e}"));
+            match reply {
+                Reply::Frame(b) => format!("reply of {} bytes", b.len()),
+                Reply::Hjson(f) => format!(
+                    "reply {}, {} body bytes",
+                    cell(&serde_json::to_string(&f.header).unwrap_or_default()),
+                    f.body.len()
+                ),
+            }
         }
-    }
+    };
     drop(s);
     assert!(!handle.is_finished(), "{name}: server died");
+    seen
 }
 
-/// Runs `row` while a healthy client keeps being served by the same server.
-async fn run_row(servers: &Servers, row: &Row) {
+/// Runs `row` while a healthy client keeps being served by the same server; returns
+/// what the row saw and how many healthy exchanges were served meanwhile.
+async fn run_row(servers: &Servers, row: &Row) -> (String, u64) {
     let stop = AtomicBool::new(false);
     let served = AtomicU64::new(0);
     let probe = async {
@@ -856,13 +904,15 @@ async fn run_row(servers: &Servers, row: &Row) {
         }
     };
     let hostile = async {
-        check_row(servers, row).await;
+        let seen = check_row(servers, row).await;
         stop.store(true, Ordering::SeqCst);
+        seen
     };
-    futures::future::join(hostile, probe).await;
+    let (seen, ()) = futures::future::join(hostile, probe).await;
     healthy(servers, &row.srv)
         .await
         .unwrap_or_else(|e| panic!("{}: healthy client not served after: {e}", row.name));
+    (seen, served.load(Ordering::SeqCst))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -874,8 +924,22 @@ async fn every_bad_input_gets_its_outcome_and_healthy_clients_are_served() {
         .count();
     assert!(escapes >= 15, "only {escapes} path escape rows");
     let servers = Servers::new(&rows);
-    for row in &rows {
-        run_row(&servers, row).await;
+    // With CHOPSTICK_BAD_INPUTS_TABLE=FILE the rows and what each saw are written
+    // there as a Markdown table (RELIABILITY.md's is made this way).
+    let mut table = String::from(
+        "| # | input | promise | measured | healthy exchanges meanwhile |\n|---|---|---|---|---|\n",
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let (seen, served) = run_row(&servers, row).await;
+        table.push_str(&format!(
+            "| {} | {} | {} | {seen} | {served} + 1 after |\n",
+            i + 1,
+            cell(&row.name),
+            promise(&row.expect)
+        ));
+    }
+    if let Ok(path) = std::env::var("CHOPSTICK_BAD_INPUTS_TABLE") {
+        std::fs::write(&path, &table).unwrap();
     }
     // Nothing was written through the symlink out of the root.
     let outside: Vec<_> = std::fs::read_dir(servers.outside.path())

@@ -103,20 +103,41 @@ fn limit(pid: u32, name: &str) -> String {
         .to_string()
 }
 
+/// The niceness of a process (`/proc/PID/stat`).
+fn nice_of(pid: u32) -> Option<i32> {
+    stat_fields(pid)?.get(16)?.parse().ok()
+}
+
+/// Waits (bounded) until `pid`'s niceness is `want`: the server sets it just after
+/// the child starts, so the first look may come before.
+async fn wait_nice(pid: u32, want: i32, what: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let nice = nice_of(pid);
+        if nice == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: niceness {nice:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn children_run_at_lower_priority_with_resource_limits() {
     let mut config = allowing(&["sleep"]);
     config.timeout = Duration::from_millis(3500);
+    // The starting level only: never demoted here (demotion has its own test).
+    config.limits.demote_after = Duration::MAX;
     let (server, _) = start(config);
     let argv = ["sleep", "3.0131"];
     let mut s = common::connect(server.addr).await;
     s.write_all(&request(&argv, b"")).await.unwrap();
     let child = wait_for_proc(&argv).await;
-    let own_nice: i32 = stat_fields(std::process::id()).unwrap()[16]
-        .parse()
-        .unwrap();
-    let nice: i32 = stat_fields(child.pid).unwrap()[16].parse().unwrap();
-    assert_eq!(nice, (own_nice + 10).min(19), "child niceness");
+    let own_nice = nice_of(std::process::id()).unwrap();
+    wait_nice(child.pid, (own_nice + 10).min(19), "child").await;
     assert_eq!(limit(child.pid, "Max cpu time"), "5", "ceil(3.5 s) + 1");
     assert_eq!(
         limit(child.pid, "Max address space"),
@@ -126,6 +147,44 @@ async fn children_run_at_lower_priority_with_resource_limits() {
     assert_eq!(limit(child.pid, "Max processes"), "512");
     common::reset(s);
     wait_until_reaped(&child).await;
+}
+
+#[tokio::test]
+async fn a_child_that_keeps_wanting_the_cpu_drops_to_nice_19_and_a_sleeping_one_keeps_its_level() {
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_secs(8);
+    // Far above what a sleeping child wants even on a busy machine, reached by a
+    // CPU-bound one within about as much wall time.
+    config.limits.demote_after = Duration::from_millis(500);
+    let (server, _) = start(config);
+    let own_nice = nice_of(std::process::id()).unwrap();
+    let start_nice = (own_nice + 10).min(19);
+    if start_nice == 19 {
+        eprintln!("this test runs at nice {own_nice}: children start at 19, nothing to demote");
+        return;
+    }
+    // Command lines no other test uses, so /proc finds ours.
+    let hog = ["wc", "-c", "-w", "/dev/zero"];
+    let sleeper = ["sleep", "7.0717"];
+    let mut conns = Vec::new();
+    for argv in [&hog[..], &sleeper[..]] {
+        let mut s = common::connect(server.addr).await;
+        s.write_all(&request(argv, b"")).await.unwrap();
+        conns.push(s);
+    }
+    let hog_proc = wait_for_proc(&hog).await;
+    let sleeper_proc = wait_for_proc(&sleeper).await;
+    wait_nice(hog_proc.pid, 19, "CPU-bound child").await;
+    assert_eq!(
+        nice_of(sleeper_proc.pid),
+        Some(start_nice),
+        "a sleeping child was demoted too"
+    );
+    for s in conns {
+        common::reset(s);
+    }
+    wait_until_reaped(&hog_proc).await;
+    wait_until_reaped(&sleeper_proc).await;
 }
 
 #[tokio::test]
@@ -206,7 +265,7 @@ async fn measure_300_cpu_bound_requests_and_128_non_reading_clients() {
         }));
     }
     let sent = t0.elapsed();
-    wait_slots(&slots, |n| n.running == n.max_children).await;
+    wait_slots(&slots, |n| n.running == n.max_children.min(300)).await;
     let probe = tokio::time::Instant::now();
     let mut s = common::connect(server.addr).await;
     let reply = roundtrip(&mut s, &["echo", "hi"], b"").await;

@@ -158,13 +158,18 @@ pub struct ExecArgs {
     /// Most stdout+stderr bytes returned per command.
     #[arg(long, value_parser = size_arg, default_value = "16MiB")]
     output_cap: usize,
-    /// Commands running at once, server-wide (default: twice the CPUs, at least 2).
+    /// Commands running at once, server-wide (default: sized to the machine's memory
+    /// and process ids, at most 512; CPU is shared by priority, not by this bound).
     #[arg(long)]
     max_children: Option<usize>,
     /// Requests waiting for a free child, server-wide; one more is refused as busy
     /// (default: 4 per child). Waiting counts against the request's --timeout.
     #[arg(long)]
     max_waiting: Option<usize>,
+    /// Seconds after which a command that is still runnable, or has used that much
+    /// CPU, drops from nice +10 to nice 19, behind fresh commands.
+    #[arg(long, default_value_t = 0.05)]
+    demote_after: f64,
 }
 
 #[derive(Args, Debug)]
@@ -213,7 +218,10 @@ impl ExecArgs {
             timeout: secs(self.timeout, "timeout")?,
             output_cap: self.output_cap,
             slots: Arc::new(exec::Slots::new(max_children, max_waiting)),
-            limits: exec::Limits::default(),
+            limits: exec::Limits {
+                demote_after: secs(self.demote_after, "demote-after")?,
+                ..exec::Limits::default()
+            },
         })
     }
 }
@@ -244,6 +252,11 @@ async fn serve(cmd: ServerCmd) -> Result<()> {
             max_datagram,
         } => return serve_udp(*listen, *mode, *transform, *max_datagram).await,
     };
+    // Connections and exec's children (four pipes and descriptors each) both take
+    // descriptors; a soft limit of 1024 would cap them long before their own bounds.
+    if let Err(e) = chopstick::soak::sys::raise_fd_limit() {
+        tracing::warn!("cannot raise the open-files limit: {e}");
+    }
     let listener = server::bind(common.listen, common.backlog)
         .with_context(|| format!("cannot listen on {}", common.listen))?;
     let addr = listener.local_addr()?;

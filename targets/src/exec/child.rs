@@ -20,8 +20,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::priority::Priority;
 use super::sandbox::{self, Limits};
 use super::slots::Ticket;
+use super::spawner;
 use crate::memory::{Memory, Reservation};
 
 /// The only PATH a child sees, and the only places a program is looked up in.
@@ -187,7 +189,7 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
         }
     };
     sandbox::confine(cmd.as_std_mut(), spec.limits, spec.timeout, &cell);
-    let mut child = match cmd.spawn() {
+    let mut child = match spawner::spawn(cmd).await {
         Ok(child) => child,
         Err(e) => {
             outcome.spawn_error = Some(e);
@@ -197,6 +199,18 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
     let mut guard = GroupKill {
         pgid: child.id().and_then(|id| i32::try_from(id).ok()),
     };
+    // Polled only beside the pump and the wait below, that is while the child is
+    // unreaped, as `demote_when_due` requires.
+    let priority = child
+        .id()
+        .and_then(|pid| Priority::start(pid, &spec.limits));
+    let demote = async {
+        match &priority {
+            Some(p) => p.demote_when_due().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(demote);
 
     let mut held = spec.memory.empty();
     let end = {
@@ -215,6 +229,7 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
                 Ok(false) => End::Drained,
                 Err(_) => End::TimedOut,
             },
+            never = &mut demote => match never {},
         }
     };
     outcome.held = Some(held);
@@ -237,6 +252,7 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
                 }
                 Err(_) => End::TimedOut,
             },
+            never = &mut demote => match never {},
         },
         other => other,
     };

@@ -24,30 +24,37 @@
 //!   already received run and are answered before the server closes; the deadline
 //!   bounds what a peer that closed entirely can cost;
 //! - a refused request costs nothing but an `error` reply; the connection stays usable.
-//!   A corrupt stream (bad header, oversize frame) closes the connection after the
-//!   replies to the requests before it, and is counted.
+//!   That includes a header longer than [`MAX_HEADER`] (up to the frame limit): it is
+//!   stepped over as it streams in, never held ([`SkippingHjsonCodec`]). A corrupt
+//!   stream (bad header, a `size` above the frame limit, a header whose `size` cannot
+//!   be found) closes the connection after the replies to the requests before it, and
+//!   is counted.
 //!
 //! Requests may be pipelined: they are answered in order, and up to [`MAX_QUEUED`]
 //! (and about [`MAX_QUEUED_BYTES`] of stdin) wait while a command runs.
 //!
 //! Under concurrency ([`slots`]): at most `max_children` commands run server-wide
-//! (default twice the CPUs), at most `max_waiting` more wait for one, in arrival
-//! order; a request finding the queue full is refused (`server busy`) at once. The
-//! `timeout` counts from when the server takes a request up, waiting for a slot
-//! included, so every request is answered (or its child killed) within about its
-//! timeout; one that got no slot in time is refused as busy. Children run at a lower
-//! priority with resource limits and confined to their own directory ([`sandbox`]),
-//! and die with the server however it dies.
+//! (default sized to the machine: 512 here), at most `max_waiting` more wait for one,
+//! in arrival order; a request finding the queue full is refused (`server busy`) at
+//! once. The `timeout` counts from when the server takes a request up, waiting for a
+//! slot included, so every request is answered (or its child killed) within about its
+//! timeout; one that got no slot in time is refused as busy. The CPU is shared by
+//! priority ([`priority`]): the server first, then fresh commands (nice +10), then
+//! long jobs (50 ms of CPU used, or that old and still runnable: nice 19), so `echo hi`
+//! is answered at once behind 300 hogs. Children run with resource limits, confined to their own
+//! directory ([`sandbox`]), and die with the server however it dies.
 //!
 //! Limits a client can hit: at most [`MAX_ARGS`] arguments of [`MAX_ARG_LEN`] bytes
-//! each, but the whole JSON header is at most [`crate::wire::MAX_HEADER`] (64 KiB),
-//! so in practice argv is bounded by the header: a longer header closes the connection
-//! (counted `too_large`) rather than getting an error reply. Duplicate keys in a
-//! header are not refused: the last one wins (serde_json's map).
+//! each, and the whole JSON header is at most [`MAX_HEADER`] (64 KiB), so in practice
+//! argv is bounded by the header. Each limit is an error reply naming it, a header
+//! beyond 64 KiB included. Duplicate keys in a header are not refused: the last one
+//! wins (serde_json's map).
 
 mod child;
+pub mod priority;
 pub mod sandbox;
 pub mod slots;
+mod spawner;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -63,7 +70,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::memory::{Budgeted, Reservation};
 use crate::server::{self, Busy, Common, ConnError, ServerError, Tracked};
-use crate::wire::{HjsonCodec, HjsonFrame, WireError, DEFAULT_MAX};
+use crate::wire::{
+    HjsonCodec, HjsonFrame, HjsonItem, SkippingHjsonCodec, WireError, DEFAULT_MAX, MAX_HEADER,
+};
 
 pub use child::FIXED_PATH;
 pub use sandbox::Limits;
@@ -161,12 +170,13 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let (rd, wr) = tokio::io::split(stream);
     let mut requests = FramedRead::new(
         rd,
-        Budgeted::new(HjsonCodec::new(request_max), &common.memory),
+        Budgeted::new(SkippingHjsonCodec::new(request_max), &common.memory),
     );
     let mut replies = FramedWrite::new(wr, HjsonCodec::new(output_cap));
 
-    // Each with its stdin's reservation; `None` = refused for want of memory.
-    let mut queue: VecDeque<(HjsonFrame, Option<Reservation>)> = VecDeque::new();
+    // Each with its stdin's reservation, or why it is refused before it runs (no
+    // memory for its stdin, a header too long to read).
+    let mut queue: VecDeque<(HjsonFrame, Result<Reservation, Refusal>)> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut running: Option<child::Job> = None;
     // Held while a command runs: a client silently waiting for it is not idle (the
@@ -183,13 +193,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 match queue.pop_front() {
                     Some((request, held)) => {
                         queued_bytes -= request.body.len();
-                        let admitted = match held {
-                            Some(held) => Ok(held),
-                            None => Err(Refusal(
-                                "server memory budget exhausted; try again later".into(),
-                            )),
-                        };
-                        match admitted.and_then(|held| {
+                        match held.and_then(|held| {
                             // The stdin now belongs to the command (its own copy in
                             // the spec); the output is reserved as it comes.
                             drop(held);
@@ -227,14 +231,20 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 && queued_bytes < MAX_QUEUED_BYTES;
             tokio::select! {
                 next = server::next_frame(&mut requests, &activity, common), if can_read => match next {
-                    Ok(Some(mut frame)) => {
+                    Ok(Some(HjsonItem::Frame(mut frame))) => {
                         counters.frame_in();
-                        let held = common.memory.try_reserve(frame.body.len());
-                        if held.is_none() {
+                        let held = common.memory.try_reserve(frame.body.len()).ok_or_else(|| {
                             frame.body = Bytes::new();
-                        }
+                            Refusal("server memory budget exhausted; try again later".into())
+                        });
                         queued_bytes += frame.body.len();
                         queue.push_back((frame, held));
+                    }
+                    // Stepped over unread (finding 9): refused in its turn, and the
+                    // connection goes on with the next request.
+                    Ok(Some(HjsonItem::Oversize { header_len, .. })) => {
+                        counters.frame_in();
+                        queue.push_back((HjsonFrame::default(), Err(oversize(header_len))));
                     }
                     // FIN at a frame boundary: no more requests, but the ones received
                     // (running or queued) are still answered.
@@ -400,6 +410,16 @@ fn resolve(name: &str, path: &str) -> Option<PathBuf> {
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false)
         })
+}
+
+/// The refusal of a request whose header was too long to read.
+fn oversize(header_len: usize) -> Refusal {
+    Refusal(format!(
+        "request header is {header_len} bytes, more than the limit of {MAX_HEADER} \
+         (argv must fit in it: at most {MAX_ARGS} arguments of at most {MAX_ARG_LEN} \
+         bytes each, all of them within the header); the request and its stdin were \
+         skipped unread"
+    ))
 }
 
 /// The refusal of a request that found every slot taken and the queue full.

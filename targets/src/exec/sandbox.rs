@@ -1,10 +1,11 @@
-//! What a child is confined to before it runs: a lower scheduling priority and
-//! resource limits, so that many children at once cannot starve the server (whose
-//! timeouts must keep firing on time) or the machine.
+//! What a child is confined to: resource limits (set before it runs) and a lower
+//! scheduling priority (set by the server as soon as it runs, [`super::priority`]),
+//! so that many children at once cannot starve the server (whose timeouts must keep
+//! firing on time) or the machine.
 //!
 //! | limit | default | why |
 //! |---|---|---|
-//! | nice | +10 | the server is scheduled first; its timeouts stay punctual |
+//! | nice | +10 at start, 19 once a long job: 50 ms of CPU, or 50 ms old and still runnable ([`super::priority`]) | the server is scheduled first, its timeouts stay punctual; short commands come before hogs |
 //! | `RLIMIT_CPU` | timeout rounded up + 1 s | a backstop if the server could not kill in time |
 //! | `RLIMIT_AS` | 1 GiB | one child cannot take the machine's memory |
 //! | `RLIMIT_NOFILE` | 64 | enough for any filter program, not for fd exhaustion |
@@ -15,8 +16,8 @@
 //! (`PR_SET_PDEATHSIG`), then checks the parent is still the server, in case it went
 //! in between. Its own process group (so a kill reaches what it forks) takes it out of
 //! the server's group, so nothing else would. Two limits: the kernel sends the signal
-//! when the *thread* that forked exits, and children are started from the runtime's
-//! worker threads, which live as long as the runtime; and a grandchild does not
+//! when the *thread* that forked exits, so children are started from dedicated
+//! threads that live as long as the process (`spawner.rs`); and a grandchild does not
 //! inherit the request, so a program that forks (none of the default allow-list does)
 //! can leave its own children behind if the server is killed outright (a timeout, a
 //! disconnect or a shutdown kills the whole group).
@@ -46,11 +47,19 @@ use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
 };
 
+/// Default threshold of a long job (demoted to nice 19): far more than a short
+/// command needs (`echo hi` takes ~1 ms of CPU), little enough that a crowd of hogs
+/// is out of the way of fresh commands within a tenth of a second.
+pub const DEFAULT_DEMOTE_AFTER: Duration = Duration::from_millis(50);
+
 /// Scheduling priority and resource limits of every child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Added niceness (0..=19): higher runs later.
+    /// Niceness added to the server's own at start (0..=19): higher runs later.
     pub nice: i32,
+    /// A child that has used this much CPU, or is this old and still runnable, is
+    /// demoted to nice 19 ([`super::priority`]); `Duration::MAX`: never.
+    pub demote_after: Duration,
     /// `RLIMIT_AS`, bytes of address space.
     pub address_space_bytes: u64,
     /// `RLIMIT_NOFILE`, open descriptors.
@@ -63,6 +72,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             nice: 10,
+            demote_after: DEFAULT_DEMOTE_AFTER,
             address_space_bytes: 1 << 30,
             open_files: 64,
             processes: 512,
@@ -182,8 +192,10 @@ pub(crate) fn confine(
     let cpu = cpu_seconds(timeout);
     // SAFETY: getpid has no preconditions.
     let server = unsafe { libc::getpid() };
+    // The priority is set by the server once the child runs (`super::priority`): a
+    // child lowered here would hold up the server thread waiting for its execve.
     // SAFETY: the closure runs between fork and exec in the child; it calls only
-    // async-signal-safe system calls (prctl, getppid, nice, setrlimit, landlock) on values copied
+    // async-signal-safe system calls (prctl, getppid, setrlimit, landlock) on values copied
     // in beforehand, and builds its error with `last_os_error`, which does not allocate.
     unsafe {
         cmd.pre_exec(move || {
@@ -194,9 +206,6 @@ pub(crate) fn confine(
             if libc::getppid() != server {
                 libc::_exit(127);
             }
-            // Raising one's own niceness cannot fail; -1 is also a valid new value,
-            // so the result says nothing.
-            libc::nice(limits.nice);
             set_limit(libc::RLIMIT_CPU, cpu)?;
             set_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
             set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;

@@ -10,12 +10,28 @@
 //! This is the classic "send a JSON header with the size, then the bytes" protocol.
 //! The header is bounded by [`MAX_HEADER`] and the body by the codec's `max`; both are
 //! checked before anything is reserved. `size` must be a non-negative integer.
+//!
+//! [`HjsonCodec`] treats a header over the limit as a corrupt stream. A server that
+//! refuses such a request with an error reply instead uses [`SkippingHjsonCodec`]: it
+//! discards the header as it streams in (up to the body limit, never holding it; see
+//! `hjson_skip.rs`), then the body its `size` announces, and yields
+//! [`HjsonItem::Oversize`] in the frame's place.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::hjson_skip::SizeScan;
 use super::{Endian, LengthCodec, LengthSpec, WireError};
+
+/// Bytes of the `u32be` header length.
+const HLEN_BYTES: usize = 4;
+
+/// The header length at the start of `src`, if it has arrived.
+fn peek_hlen(src: &[u8]) -> Option<usize> {
+    let field: [u8; HLEN_BYTES] = src.get(..HLEN_BYTES)?.try_into().ok()?;
+    Some(u32::from_be_bytes(field) as usize)
+}
 
 /// Largest header JSON accepted (64 KiB): headers carry metadata, not data.
 pub const MAX_HEADER: usize = 64 * 1024;
@@ -103,6 +119,16 @@ impl Decoder for HjsonCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<HjsonFrame>, WireError> {
         if self.pending.is_none() {
+            // The header codec is only handed a whole header (or a length it refuses),
+            // so between calls it never holds a half-read one: at a frame boundary
+            // `src` starts with a length, which `SkippingHjsonCodec` relies on.
+            if let Some(hlen) = peek_hlen(src) {
+                let whole = HLEN_BYTES + hlen;
+                if hlen <= MAX_HEADER && src.len() < whole {
+                    src.reserve(whole - src.len());
+                    return Ok(None);
+                }
+            }
             let raw = match self.header.decode(src) {
                 Ok(Some(raw)) => raw,
                 Ok(None) => return Ok(None),
@@ -140,6 +166,146 @@ impl Decoder for HjsonCodec {
             None => Ok(None),
             Some(_) => unreachable!("decode() just found no complete header"),
         }
+    }
+}
+
+/// What a [`SkippingHjsonCodec`] decodes.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum HjsonItem {
+    Frame(HjsonFrame),
+    /// A frame whose header was longer than [`MAX_HEADER`]: header and body were
+    /// discarded unread, and the next frame starts after them.
+    Oversize {
+        header_len: usize,
+        body_len: usize,
+    },
+}
+
+/// An hjson decoder that steps over a header longer than [`MAX_HEADER`] (but within
+/// the body limit `max`) instead of failing, so the server can answer it with an
+/// error and keep the connection. Memory stays that of a normal read buffer: the
+/// header is scanned for its `size` and dropped as it arrives.
+///
+/// What still ends the stream: a header longer than `max`, one whose `size` cannot be
+/// found for sure ([`WireError::HeaderTooLarge`]; without it the next frame cannot be
+/// found), a `size` above `max`, and everything [`HjsonCodec`] refuses.
+#[derive(Debug)]
+pub struct SkippingHjsonCodec {
+    inner: HjsonCodec,
+    skip: Option<Skip>,
+}
+
+/// An oversize frame being discarded.
+#[derive(Debug)]
+struct Skip {
+    header_len: usize,
+    header_left: usize,
+    scan: SizeScan,
+    /// Known once the whole header has gone by.
+    body: Option<(usize, usize)>,
+}
+
+impl SkippingHjsonCodec {
+    pub fn new(max: usize) -> Self {
+        SkippingHjsonCodec {
+            inner: HjsonCodec::new(max),
+            skip: None,
+        }
+    }
+
+    /// Starts skipping if `src` begins a frame with an oversize (but skippable) header.
+    fn start_skip(&mut self, src: &mut BytesMut) -> Result<(), WireError> {
+        if self.skip.is_some() || self.inner.pending.is_some() {
+            return Ok(());
+        }
+        let Some(hlen) = peek_hlen(src) else {
+            return Ok(());
+        };
+        if hlen <= MAX_HEADER {
+            return Ok(());
+        }
+        if hlen > self.inner.max {
+            return Err(WireError::HeaderTooLarge {
+                len: hlen as u64,
+                max: MAX_HEADER,
+            });
+        }
+        src.advance(HLEN_BYTES);
+        self.skip = Some(Skip {
+            header_len: hlen,
+            header_left: hlen,
+            scan: SizeScan::default(),
+            body: None,
+        });
+        Ok(())
+    }
+
+    /// Discards what has arrived of the frame being skipped; the item once it is gone.
+    fn continue_skip(&mut self, src: &mut BytesMut) -> Result<Option<HjsonItem>, WireError> {
+        let Some(skip) = &mut self.skip else {
+            return Ok(None);
+        };
+        if skip.body.is_none() {
+            let n = src.len().min(skip.header_left);
+            skip.scan.feed(&src[..n]);
+            src.advance(n);
+            skip.header_left -= n;
+            if skip.header_left > 0 {
+                return Ok(None);
+            }
+            let size = skip.scan.size().ok_or(WireError::HeaderTooLarge {
+                len: skip.header_len as u64,
+                max: MAX_HEADER,
+            })?;
+            if size > self.inner.max as u64 {
+                return Err(WireError::FrameTooLarge {
+                    len: size,
+                    max: self.inner.max,
+                });
+            }
+            skip.body = Some((size as usize, size as usize));
+        }
+        let (body_len, left) = skip.body.as_mut().expect("set above");
+        let n = src.len().min(*left);
+        src.advance(n);
+        *left -= n;
+        if *left > 0 {
+            return Ok(None);
+        }
+        let item = HjsonItem::Oversize {
+            header_len: skip.header_len,
+            body_len: *body_len,
+        };
+        self.skip = None;
+        Ok(Some(item))
+    }
+}
+
+impl Decoder for SkippingHjsonCodec {
+    type Item = HjsonItem;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<HjsonItem>, WireError> {
+        self.start_skip(src)?;
+        if self.skip.is_some() {
+            return self.continue_skip(src);
+        }
+        Ok(self.inner.decode(src)?.map(HjsonItem::Frame))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<HjsonItem>, WireError> {
+        if let Some(item) = self.decode(src)? {
+            return Ok(Some(item));
+        }
+        if let Some(skip) = &self.skip {
+            let received = match skip.body {
+                None => HLEN_BYTES + skip.header_len - skip.header_left,
+                Some((body_len, left)) => HLEN_BYTES + skip.header_len + body_len - left,
+            };
+            return Err(WireError::Truncated { received });
+        }
+        Ok(self.inner.decode_eof(src)?.map(HjsonItem::Frame))
     }
 }
 

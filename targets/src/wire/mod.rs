@@ -14,12 +14,13 @@
 //!
 //! - `spec.rs`: the spec grammar ([`Framing`], [`LengthSpec`]);
 //! - `length.rs`, `varint.rs`, `netstring.rs`, `line.rs`, `hjson.rs`, `raw.rs`: one
-//!   codec each;
+//!   codec each (`hjson_skip.rs`: finding `size` in a header too long to keep);
 //! - `scan.rs`: frame boundaries of a relayed stream ([`FrameScanner`]);
 //! - `error.rs`: [`SpecError`], [`WireError`].
 
 mod error;
 mod hjson;
+mod hjson_skip;
 mod length;
 mod line;
 mod netstring;
@@ -34,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 pub use error::{SpecError, WireError};
-pub use hjson::{HjsonCodec, HjsonFrame, MAX_HEADER};
+pub use hjson::{HjsonCodec, HjsonFrame, HjsonItem, SkippingHjsonCodec, MAX_HEADER};
 pub use length::LengthCodec;
 pub use line::LineCodec;
 pub use netstring::NetstringCodec;
