@@ -281,6 +281,7 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
             return result;
         }
         Err(f) => {
+            await_exit(target).await;
             let failure = dead_or(target, f.class, f.detail);
             recover(target, config, failure.class, &case.messages).await;
             result.failure = Some(failure);
@@ -512,14 +513,21 @@ pub async fn liveness(
                             payload::preview(got)
                         ),
                     )),
-                    (_, None) => Err(dead_or(
-                        target,
-                        FailureClass::Hang,
-                        format!(
-                            "after the fault, a fresh connection was not served within {:?} ({:?})",
-                            config.liveness, d.seen.end
-                        ),
-                    )),
+                    (_, None) => {
+                        if d.seen.end != End::Timeout {
+                            // Reset or closed unanswered: a dying server closes its
+                            // sockets before it can be reaped.
+                            await_exit(target).await;
+                        }
+                        Err(dead_or(
+                            target,
+                            FailureClass::Hang,
+                            format!(
+                                "after the fault, a fresh connection was not served within {:?} ({:?})",
+                                config.liveness, d.seen.end
+                            ),
+                        ))
+                    }
                 };
             }
             Err(f) => {
@@ -536,6 +544,23 @@ pub async fn liveness(
         FailureClass::Refused,
         format!("after the fault, fresh connections are refused: {last}"),
     ))
+}
+
+/// Longest wait for a spawned server that dropped a connection unanswered to be seen
+/// exiting, and how often to look.
+const EXIT_GRACE: Duration = Duration::from_millis(300);
+const EXIT_POLL: Duration = Duration::from_millis(10);
+
+/// Waits (at most [`EXIT_GRACE`]) for a spawned target to exit; returns at once for
+/// others, or once it has.
+async fn await_exit(target: &mut Target) {
+    if !target.is_spawned() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + EXIT_GRACE;
+    while target.exited().is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(EXIT_POLL).await;
+    }
 }
 
 /// `class`, unless the spawned process has exited, which is reported instead.
