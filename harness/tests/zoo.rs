@@ -135,7 +135,7 @@ fn caught_with(cmd: &str, faults: &str, classes: &[&str], extra: &[&str]) -> Vec
                 )
             });
         let repro = PathBuf::from(hit["reproducer"].as_str().unwrap());
-        let replay = chopstick(&["replay", repro.to_str().unwrap(), "--attempts", "1"]);
+        let replay = chopstick(&["replay", repro.to_str().unwrap()]);
         assert_eq!(
             replay.status.code(),
             Some(1),

@@ -776,12 +776,12 @@ async fn confirm(
     };
     let mut reproduced = None;
     if drive.confirm > 0 && !drive.stop.is_some_and(Stop::is_stopped) {
-        let replay = repro::replay_config(drive.case, drive.case.timing);
         let mut tries = vec![small.clone()];
         if small != unshrunk.0 {
             tries.push(unshrunk.0.clone());
         }
         for candidate in tries {
+            let replay = repro::replay_config(drive.case, drive.case.timing, &candidate);
             let again = repro::run_again(live, &replay, &candidate, class, drive.confirm);
             let again = match drive.stop {
                 Some(stop) => tokio::select! {

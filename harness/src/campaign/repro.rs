@@ -144,13 +144,23 @@ pub struct ReplayOutcome {
 /// Least gap between writes on replay: the plan's cuts are kept exactly, and wider gaps
 /// make them reach the server as separate reads even on a busy machine.
 pub const REPLAY_MIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// Widest gap between writes on replay.
+pub const REPLAY_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// Gaps a replay may add up to (at most a quarter of the reply timeout): a shrunk case
+/// has a handful of writes, and a server that is not scheduled for a few milliseconds
+/// on a busy machine would read two of them as one.
+pub const REPLAY_PAUSE_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How a reproducer's case is run again: `config` with `timing`, writes at least
-/// [`REPLAY_MIN_PAUSE`] apart.
-pub fn replay_config(config: &CaseConfig, timing: Timing) -> CaseConfig {
+/// How a reproducer's case is run again: `config` with `timing`, writes apart by
+/// [`REPLAY_PAUSE_BUDGET`] spread over the plan's writes, within [`REPLAY_MIN_PAUSE`]
+/// and [`REPLAY_MAX_PAUSE`].
+pub fn replay_config(config: &CaseConfig, timing: Timing, case: &Case) -> CaseConfig {
     let mut config = config.clone();
     config.timing = timing;
-    config.timing.min_pause = config.timing.min_pause.max(REPLAY_MIN_PAUSE);
+    let writes = u32::try_from(case.plan.writes().max(1)).unwrap_or(u32::MAX);
+    let gap = (REPLAY_PAUSE_BUDGET.min(timing.reply_timeout / 4) / writes)
+        .clamp(REPLAY_MIN_PAUSE, REPLAY_MAX_PAUSE);
+    config.timing.min_pause = config.timing.min_pause.max(gap);
     config
 }
 
@@ -224,8 +234,8 @@ pub async fn replay(
 ) -> Result<ReplayOutcome, ReproError> {
     let mut target = Target::start(&r.target).await?;
     let (config, _) = recorded_timing(r);
-    let config = replay_config(&config, timing);
     let case = r.case();
+    let config = replay_config(&config, timing, &case);
     let Attempts {
         reproduced,
         other,
