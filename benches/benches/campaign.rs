@@ -67,6 +67,8 @@ fn config(addr: SocketAddr, framing: Framing) -> CheckConfig {
         budget: None,
         shard: None,
         hostile: false,
+        concurrency: chopstick::campaign::concurrency::Concurrency::Fixed(1),
+        confirm: 0,
     }
 }
 

@@ -217,6 +217,8 @@ impl Check {
             budget: None,
             shard: None,
             hostile: false,
+            concurrency: crate::campaign::concurrency::Concurrency::Fixed(1),
+            confirm: 0,
         }
     }
 }

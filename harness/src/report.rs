@@ -102,6 +102,36 @@ pub struct Finding {
     pub offset: Option<usize>,
     pub detail: String,
     pub reproducer: Option<PathBuf>,
+    /// How often its reproducer's failure came back when replayed before it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproduced: Option<Reproduced>,
+}
+
+/// How often a case's failure came back when it was run again: `hits` of `attempts`
+/// runs failed with the recorded class.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Reproduced {
+    pub hits: u32,
+    pub attempts: u32,
+}
+
+impl Reproduced {
+    /// Reproduced on some attempts but not all.
+    pub fn flaky(&self) -> bool {
+        self.hits > 0 && self.hits < self.attempts
+    }
+}
+
+/// `3/3`, or `1/3 (flaky)`.
+impl std::fmt::Display for Reproduced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.hits, self.attempts)?;
+        if self.flaky() {
+            f.write_str(" (flaky)")?;
+        }
+        Ok(())
+    }
 }
 
 impl Finding {
@@ -137,6 +167,10 @@ pub struct Report {
     /// what stopped it. The rows say what was covered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Connections `check` had in flight at once (`--concurrency`, or what `auto`'s
+    /// probe chose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
 }
 
 impl Report {
@@ -173,6 +207,7 @@ impl Report {
                     offset: record.offset,
                     detail: record.detail.clone(),
                     reproducer: record.reproducer.clone(),
+                    reproduced: None,
                 });
                 self.findings.len() - 1
             }
@@ -285,9 +320,13 @@ impl Report {
                 f.detail
             );
             if let Some(p) = &f.reproducer {
+                let replayed = f
+                    .reproduced
+                    .map(|r| format!("  replayed: reproduced {r}"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "     reproducer: {}  (chopstick replay {})",
+                    "     reproducer: {}  (chopstick replay {}){replayed}",
                     p.display(),
                     p.display()
                 );
@@ -486,6 +525,7 @@ impl Report {
                         }
                         if g.reproducer.is_none() {
                             g.reproducer = f.reproducer;
+                            g.reproduced = f.reproduced;
                         }
                         i
                     }

@@ -88,6 +88,8 @@ fn config(addr: SocketAddr) -> CheckConfig {
         budget: None,
         shard: None,
         hostile: false,
+        concurrency: chopstick::campaign::concurrency::Concurrency::Fixed(1),
+        confirm: 0,
     }
 }
 

@@ -136,6 +136,8 @@ async fn replay_passes_against_spawned(kind: TargetKind) {
             original_messages: case.messages.len(),
             original_writes: case.plan.writes(),
             replay: String::new(),
+            timeouts: None,
+            reproduced: None,
         };
         for p in &target.prepare {
             match p {

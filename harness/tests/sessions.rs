@@ -80,6 +80,8 @@ fn config(cmd: String, artifacts: &Path) -> CheckConfig {
         budget: None,
         shard: None,
         hostile: false,
+        concurrency: chopstick::campaign::concurrency::Concurrency::Fixed(1),
+        confirm: 0,
     }
 }
 

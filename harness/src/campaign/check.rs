@@ -5,25 +5,31 @@
 //! workload (cheapest first, or one shard's slice of them), judged and
 //! liveness-checked; the first failure of each class per profile is shrunk, and
 //! failures with the same shrunk case become one [`report::Finding`](crate::report::Finding)
-//! with one reproducer. A [`Stop`] ends the loop early: `--fail-fast` after the first
-//! confirmed (shrunk) failure, `--budget` at a deadline, a signal at once; the report
-//! then says what was covered.
+//! with one reproducer, replayed `confirm` times before it is written. After the
+//! pre-flight, [`concurrency`](super::concurrency) decides how many connections are in
+//! flight at once; results do not depend on it (see [`drive_profile`]). A [`Stop`]
+//! ends the loop early: `--fail-fast` after the first confirmed (shrunk) failure (the
+//! cheapest [`SCOUT_CASES`] of every profile run first), `--budget` at a deadline, a
+//! signal at once; the report then says what was covered.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::concurrency::{decide, Concurrency, Decided};
 use super::preflight::{preflight, PreflightError};
-use super::repro::Reproducer;
+use super::repro::{self, Reproducer};
 use super::shrink;
 use super::{
     draw_case, payload, run_case, CaseConfig, FailureClass, Target, TargetError, TargetSpec,
 };
 use crate::chaos::FaultSet;
-use crate::report::{FailureRecord, Finding, Report, Row};
+use crate::report::{FailureRecord, Finding, Report, Reproduced, Row};
 use crate::workload::Workload;
 
 /// Why `check` could not check the target at all (exit code 2).
@@ -136,6 +142,11 @@ pub struct CheckConfig {
     /// Also run the [`hostile`](super::hostile) cases, as a last row (not sharded:
     /// shard 1 runs them).
     pub hostile: bool,
+    /// Connections in flight at once (`auto`: probed after the pre-flight).
+    pub concurrency: Concurrency,
+    /// Replays of each shrunk failure before its reproducer is written (0: none); the
+    /// finding and the reproducer say how many reproduced it.
+    pub confirm: usize,
 }
 
 /// Progress callback: called after every connection.
@@ -144,6 +155,8 @@ pub trait Progress: Send {
     fn tick(&mut self, _row: &Row) {}
     /// A line worth showing the user now (e.g. a finding, or why the check stopped).
     fn note(&mut self, _line: &str) {}
+    /// A line about how the check runs (e.g. the concurrency the probe chose).
+    fn info(&mut self, _line: &str) {}
     fn finish(&mut self) {}
 }
 
@@ -179,6 +192,10 @@ pub struct Drive<'a> {
     /// Stop (through `stop`) once the first failure is shrunk.
     pub fail_fast: bool,
     pub shard: Option<Shard>,
+    /// Connections in flight at once (see [`drive_profile`]); 1 runs them in turn.
+    pub concurrency: usize,
+    /// Replays of each shrunk failure before its reproducer is written.
+    pub confirm: usize,
 }
 
 /// Runs the pre-flight, then every profile against the target, filling `report`. A
@@ -208,6 +225,16 @@ pub async fn check_until(
         target.kill().await;
         return Err(e.into());
     }
+    let session = config.case.messages(&config.workload, config.seed, 0);
+    let decided = tokio::select! {
+        d = decide(&target, &config.case, config.concurrency, &session) => d,
+        _ = stop.stopped() => Decided { concurrency: 1, reason: "stopped".into() },
+    };
+    progress.info(&format!(
+        "concurrency {}: {}",
+        config.concurrency, decided.reason
+    ));
+    report.concurrency = Some(decided.concurrency);
     let per_profile = match config.shard {
         Some(s) => (config.workload.connections as u64).div_ceil(s.count),
         None => config.workload.connections as u64,
@@ -230,14 +257,40 @@ pub async fn check_until(
         stop: Some(stop),
         fail_fast: config.fail_fast,
         shard: config.shard,
+        concurrency: decided.concurrency,
+        confirm: config.confirm,
     };
     let profiles = async {
-        for profile in &config.profiles {
+        let mut runs: Vec<ProfileRun> = config
+            .profiles
+            .iter()
+            .map(|p| ProfileRun::new(&drive, p))
+            .collect();
+        let mut started = 0;
+        if config.fail_fast && runs.len() > 1 {
+            // A bug that only one fault shows (a cut mid-frame) is found after a few
+            // cases, not after every case of the profiles before it.
+            for run in &mut runs {
+                if stop.is_stopped() {
+                    break;
+                }
+                run.advance(&mut target, &drive, Some(SCOUT_CASES), progress, report)
+                    .await;
+                started += 1;
+            }
+        }
+        for (i, run) in runs.iter_mut().enumerate() {
             if stop.is_stopped() {
                 break;
             }
-            let row = drive_profile(&mut target, &drive, profile, progress, report).await;
-            report.rows.push(row);
+            if !run.is_done() {
+                run.advance(&mut target, &drive, None, progress, report)
+                    .await;
+            }
+            started = started.max(i + 1);
+        }
+        for run in runs.into_iter().take(started) {
+            report.rows.push(run.finish());
         }
         if config.hostile && !stop.is_stopped() && config.shard.is_none_or(|s| s.index == 0) {
             let row = super::hostile::hostile_profile(&mut target, &drive, progress, report).await;
@@ -260,10 +313,16 @@ pub async fn check_until(
     if let Some(why) = stop.reason() {
         report.stopped = Some(why);
     }
+    // What the check cost beyond its cases (`-v` shows it).
+    tracing::info!("the target was restarted {} time(s)", target.restarts);
     target.kill().await;
     progress.finish();
     Ok(())
 }
+
+/// With `--fail-fast` and several profiles, the cheapest connections of every profile
+/// run first, this many each, before the rest of any profile.
+pub const SCOUT_CASES: usize = 2;
 
 /// Connections ordered together: the cheapest of each window runs first. A window
 /// keeps the sizing cheap (each connection's messages are drawn once more to weigh
@@ -305,9 +364,50 @@ pub fn connection_order<'a>(
     })
 }
 
+/// What a profile has gathered so far, across its concurrent and sequential stretches.
+struct Tally {
+    row: Row,
+    /// Per class in this profile: the finding its first (shrunk) failure joined.
+    findings: BTreeMap<FailureClass, usize>,
+    unreachable_streak: u32,
+}
+
+impl Tally {
+    /// Counts a driven case in the row (passed or not).
+    fn count(&mut self, case: &super::Case, result: &super::CaseResult) {
+        self.row.connections += 1;
+        self.row.messages += case.messages.len() as u64;
+        self.row.bytes += result.bytes as u64;
+        self.row
+            .latencies_us
+            .extend_from_slice(&result.latencies_us);
+    }
+}
+
+/// How a concurrent stretch of a profile ended.
+enum Stretch {
+    /// Every connection ran and passed.
+    Done,
+    /// Stopped (signal, budget, fail-fast elsewhere).
+    Stopped,
+    /// The first connection in `conns` failed among others with `class`; the others in
+    /// flight ran to their end, and `conns` goes on with those that failed too, in
+    /// order: each is run again alone.
+    Failed(Vec<u64>, FailureClass),
+}
+
 /// Drives `live` with one fault profile: every connection of the workload, judged,
 /// liveness-checked; the first failure of each class is shrunk and written as a
 /// reproducer. Failures go into `report`; the row is returned.
+///
+/// With `drive.concurrency > 1` (and a server at an address), up to that many
+/// connections are in flight at once and their results are taken in case order. The
+/// first one that fails ends the stretch: the others in flight run to their end (those
+/// that fail too are queued again), the server is restarted if the failure may have
+/// left it dead or stuck, and the failed case runs again alone, exactly as a
+/// one-at-a-time check would run it; only that run's verdict counts. So failures are
+/// judged as at concurrency 1 and the same seed gives the same cases and findings at
+/// any concurrency (a case that fails only among others is logged, not reported).
 pub async fn drive_profile(
     live: &mut Target,
     drive: &Drive<'_>,
@@ -315,18 +415,139 @@ pub async fn drive_profile(
     progress: &mut dyn Progress,
     report: &mut Report,
 ) -> Row {
-    let started = Instant::now();
-    let mut row = Row::new(drive.name, &profile.name);
-    // Per class in this profile: the finding its first (shrunk) failure joined.
-    let mut findings: BTreeMap<FailureClass, usize> = BTreeMap::new();
-    let mut unreachable_streak = 0;
-    let stopped = || drive.stop.is_some_and(Stop::is_stopped);
-    for conn in connection_order(drive.case, drive.workload, drive.seed, drive.shard) {
-        // Sizing a window of connections does not yield; a signal is seen here.
-        tokio::task::yield_now().await;
-        if stopped() {
-            break;
+    let mut run = ProfileRun::new(drive, profile);
+    run.advance(live, drive, None, progress, report).await;
+    run.finish()
+}
+
+/// A profile under way: what it has gathered and where it is in its connections, so a
+/// check can run the first (cheapest) few of every profile before the rest of any
+/// (`--fail-fast`), and still report one row per profile.
+pub struct ProfileRun<'a> {
+    profile: &'a Profile,
+    tally: Tally,
+    order: std::iter::Peekable<Box<dyn Iterator<Item = u64> + Send + 'a>>,
+    spent: Duration,
+    /// The target is gone for good: nothing more to run.
+    gave_up: bool,
+}
+
+impl<'a> ProfileRun<'a> {
+    pub fn new(drive: &Drive<'a>, profile: &'a Profile) -> ProfileRun<'a> {
+        let order: Box<dyn Iterator<Item = u64> + Send + 'a> = Box::new(connection_order(
+            drive.case,
+            drive.workload,
+            drive.seed,
+            drive.shard,
+        ));
+        ProfileRun {
+            profile,
+            tally: Tally {
+                row: Row::new(drive.name, &profile.name),
+                findings: BTreeMap::new(),
+                unreachable_streak: 0,
+            },
+            order: order.peekable(),
+            spent: Duration::ZERO,
+            gave_up: false,
         }
+    }
+
+    /// Whether every connection has run (or the target is gone).
+    pub fn is_done(&mut self) -> bool {
+        self.gave_up || self.order.peek().is_none()
+    }
+
+    /// Runs the profile's next connections: `limit` of them, or all that are left;
+    /// ends early when the check stops.
+    pub async fn advance(
+        &mut self,
+        live: &mut Target,
+        drive: &Drive<'_>,
+        limit: Option<usize>,
+        progress: &mut dyn Progress,
+        report: &mut Report,
+    ) {
+        let started = Instant::now();
+        let stopped = || drive.stop.is_some_and(Stop::is_stopped);
+        let lanes = if super::concurrency::supports_lanes(live) {
+            drive.concurrency.max(1)
+        } else {
+            1
+        };
+        let profile = self.profile;
+        let ProfileRun {
+            tally,
+            order,
+            gave_up,
+            ..
+        } = self;
+        let mut order = order.by_ref().take(limit.unwrap_or(usize::MAX));
+        while !*gave_up {
+            // Sizing a window of connections does not yield; a signal is seen here.
+            tokio::task::yield_now().await;
+            if stopped() {
+                break;
+            }
+            let conns = if lanes > 1 {
+                match stretch(live, drive, profile, lanes, &mut order, tally, progress).await {
+                    Stretch::Done | Stretch::Stopped => break,
+                    Stretch::Failed(conns, class) => {
+                        if super::server_wide(class) || live.exited().is_some() {
+                            // Alone, on a server in the state a one-at-a-time check
+                            // would have left it: running.
+                            super::restart(live).await;
+                        }
+                        tracing::debug!("{conns:?} failed ({class}) among others; run alone");
+                        conns
+                    }
+                }
+            } else {
+                match order.next() {
+                    Some(conn) => vec![conn],
+                    None => break,
+                }
+            };
+            for conn in conns {
+                if *gave_up || stopped() {
+                    break;
+                }
+                if alone(live, drive, profile, conn, tally, progress, report)
+                    .await
+                    .is_break()
+                {
+                    *gave_up = true;
+                }
+            }
+        }
+        self.spent += started.elapsed();
+    }
+
+    /// The profile's row.
+    pub fn finish(self) -> Row {
+        let mut row = self.tally.row;
+        row.seconds = self.spent.as_secs_f64();
+        row.finish();
+        row
+    }
+}
+
+/// Runs connections `lanes` at a time over their own connections to `live`'s address
+/// until one fails, all are done, or the check stops. Passed cases are counted in
+/// `tally`; failed ones are left to the caller to run alone.
+async fn stretch(
+    live: &Target,
+    drive: &Drive<'_>,
+    profile: &Profile,
+    lanes: usize,
+    order: &mut impl Iterator<Item = u64>,
+    tally: &mut Tally,
+    progress: &mut dyn Progress,
+) -> Stretch {
+    // Each in-flight case gets a target of its own that only connects: nothing it does
+    // restarts or judges the process, which stays with the one-at-a-time rerun.
+    let spec = TargetSpec::Connect(live.addr);
+    let run = |conn: u64| {
         let case = draw_case(
             drive.case,
             drive.workload,
@@ -334,87 +555,177 @@ pub async fn drive_profile(
             drive.seed,
             conn,
         );
-        let result = match drive.stop {
+        let spec = spec.clone();
+        async move {
+            let result = match Target::start(&spec).await {
+                Ok(mut lane) => run_case(&mut lane, drive.case, &case).await,
+                Err(e) => {
+                    let mut r = super::CaseResult::new(0);
+                    r.failure = Some(super::Failure::new(
+                        FailureClass::Refused,
+                        None,
+                        e.to_string(),
+                    ));
+                    r
+                }
+            };
+            (case, result)
+        }
+    };
+    let mut inflight = FuturesOrdered::new();
+    loop {
+        while inflight.len() < lanes {
+            let Some(conn) = order.next() else {
+                break;
+            };
+            inflight.push_back(run(conn));
+        }
+        let next = match drive.stop {
             Some(stop) => tokio::select! {
-                r = run_case(live, drive.case, &case) => r,
-                () = stop.stopped() => break,
+                r = inflight.next() => r,
+                () = stop.stopped() => return Stretch::Stopped,
             },
-            None => run_case(live, drive.case, &case).await,
+            None => inflight.next().await,
         };
-        row.connections += 1;
-        row.messages += case.messages.len() as u64;
-        row.bytes += result.bytes as u64;
-        row.latencies_us.extend_from_slice(&result.latencies_us);
-        let Some(failure) = result.failure.clone() else {
-            unreachable_streak = 0;
-            progress.tick(&row);
+        let Some((case, result)) = next else {
+            return Stretch::Done;
+        };
+        let Some(f) = &result.failure else {
+            tally.count(&case, &result);
+            tally.unreachable_streak = 0;
+            progress.tick(&tally.row);
             continue;
         };
-        row.failures += 1;
-        *row.classes.entry(failure.class.to_string()).or_default() += 1;
-        let unreachable = matches!(
-            failure.class,
-            FailureClass::Refused | FailureClass::ServerDied
-        );
-        unreachable_streak = if unreachable {
-            unreachable_streak + 1
-        } else {
-            0
-        };
-        let offset = failure.message.and_then(|i| {
-            let (_, layouts) = drive.case.encode(conn, &case.messages).ok()?;
-            layouts.get(i).map(|l| l.start)
-        });
-        let record = FailureRecord {
-            target: drive.name.to_string(),
-            fault: profile.name.clone(),
-            class: failure.class,
-            conn,
-            offset,
-            detail: failure.detail.clone(),
-            reproducer: None,
-            finding: None,
-        };
-        if let Some(&i) = findings.get(&failure.class) {
-            // Same profile, same class: counted with the first one's finding.
-            let key = report.findings[i].key.clone();
-            report.add_failure(drive.seed, key, record);
-        } else {
-            let (key, record) = confirm(live, drive, profile, case, result, record, report).await;
-            let i = report.add_failure(drive.seed, key, record);
-            findings.insert(failure.class, i);
-            let f = &report.findings[i];
-            if f.count == 1 {
-                progress.note(&format!(
-                    "found: {}/{}: {}: {}",
-                    f.target, f.fault, f.class, f.detail
+        // The others in flight finish first (dropping them would cut their streams
+        // mid-frame: a fault of our making); those that fail too run again alone after
+        // this one, in their order.
+        let mut again = vec![case.conn];
+        loop {
+            let next = match drive.stop {
+                Some(stop) => tokio::select! {
+                    r = inflight.next() => r,
+                    () = stop.stopped() => return Stretch::Stopped,
+                },
+                None => inflight.next().await,
+            };
+            let Some((other, r)) = next else { break };
+            if r.failure.is_some() {
+                again.push(other.conn);
+            } else {
+                tally.count(&other, &r);
+                progress.tick(&tally.row);
+            }
+        }
+        return Stretch::Failed(again, f.class);
+    }
+}
+
+/// Runs connection `conn` on its own against `live` and records it: a failure is
+/// counted, and the first of its class in the profile confirmed (shrunk, replayed,
+/// written). `Break` when the profile should end (the target is gone for good, or the
+/// check stopped during the case).
+async fn alone(
+    live: &mut Target,
+    drive: &Drive<'_>,
+    profile: &Profile,
+    conn: u64,
+    tally: &mut Tally,
+    progress: &mut dyn Progress,
+    report: &mut Report,
+) -> ControlFlow<()> {
+    let case = draw_case(
+        drive.case,
+        drive.workload,
+        &profile.faults,
+        drive.seed,
+        conn,
+    );
+    let result = match drive.stop {
+        Some(stop) => tokio::select! {
+            r = run_case(live, drive.case, &case) => r,
+            () = stop.stopped() => return ControlFlow::Break(()),
+        },
+        None => run_case(live, drive.case, &case).await,
+    };
+    tally.count(&case, &result);
+    let Some(failure) = result.failure.clone() else {
+        tally.unreachable_streak = 0;
+        progress.tick(&tally.row);
+        return ControlFlow::Continue(());
+    };
+    let row = &mut tally.row;
+    row.failures += 1;
+    *row.classes.entry(failure.class.to_string()).or_default() += 1;
+    let unreachable = matches!(
+        failure.class,
+        FailureClass::Refused | FailureClass::ServerDied
+    );
+    tally.unreachable_streak = if unreachable {
+        tally.unreachable_streak + 1
+    } else {
+        0
+    };
+    let offset = failure.message.and_then(|i| {
+        let (_, layouts) = drive.case.encode(conn, &case.messages).ok()?;
+        layouts.get(i).map(|l| l.start)
+    });
+    let record = FailureRecord {
+        target: drive.name.to_string(),
+        fault: profile.name.clone(),
+        class: failure.class,
+        conn,
+        offset,
+        detail: failure.detail.clone(),
+        reproducer: None,
+        finding: None,
+    };
+    if let Some(&i) = tally.findings.get(&failure.class) {
+        // Same profile, same class: counted with the first one's finding.
+        let key = report.findings[i].key.clone();
+        report.add_failure(drive.seed, key, record);
+    } else {
+        let (key, record, reproduced) =
+            confirm(live, drive, profile, case, result, record, report).await;
+        let i = report.add_failure(drive.seed, key, record);
+        tally.findings.insert(failure.class, i);
+        let f = &mut report.findings[i];
+        if f.reproduced.is_none() {
+            f.reproduced = reproduced;
+        }
+        if f.count == 1 {
+            let replayed = f
+                .reproduced
+                .map(|r| format!(" (replayed: reproduced {r})"))
+                .unwrap_or_default();
+            progress.note(&format!(
+                "found: {}/{}: {}: {}{replayed}",
+                f.target, f.fault, f.class, f.detail
+            ));
+        }
+        if drive.fail_fast {
+            if let Some(stop) = drive.stop {
+                stop.stop(format!(
+                    "--fail-fast: first failure ({} on {}/{})",
+                    failure.class, drive.name, profile.name
                 ));
             }
-            if drive.fail_fast {
-                if let Some(stop) = drive.stop {
-                    stop.stop(format!(
-                        "--fail-fast: first failure ({} on {}/{})",
-                        failure.class, drive.name, profile.name
-                    ));
-                }
-            }
-        }
-        progress.tick(&row);
-        if unreachable_streak >= GIVE_UP_AFTER && !live.is_spawned() {
-            report
-                .unusable
-                .push(format!("{}: unreachable at {}", drive.name, live.addr));
-            break;
         }
     }
-    row.seconds = started.elapsed().as_secs_f64();
-    row.finish();
-    row
+    progress.tick(&tally.row);
+    if tally.unreachable_streak >= GIVE_UP_AFTER && !live.is_spawned() {
+        report
+            .unusable
+            .push(format!("{}: unreachable at {}", drive.name, live.addr));
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
 }
 
 /// The first failure of a class in a profile: shrinks it (bounded, and cut short by a
-/// stop) and writes its reproducer, unless a finding with the same shrunk case already
-/// has one. Returns the finding key and the record to add.
+/// stop), replays the shrunk case `drive.confirm` times as `chopstick replay` would
+/// (falling back to the unshrunk case if the shrunk one never fails again), and writes
+/// its reproducer, unless a finding with the same shrunk case already has one.
+/// Returns the finding key, the record to add and how often the replays reproduced it.
 async fn confirm(
     live: &mut Target,
     drive: &Drive<'_>,
@@ -423,20 +734,26 @@ async fn confirm(
     result: super::CaseResult,
     mut record: FailureRecord,
     report: &Report,
-) -> (String, FailureRecord) {
+) -> (String, FailureRecord, Option<Reproduced>) {
     let Some(artifacts) = drive.artifacts.as_ref() else {
-        return (Finding::unshrunk_key(record.class, &profile.name), record);
+        return (
+            Finding::unshrunk_key(record.class, &profile.name),
+            record,
+            None,
+        );
     };
     let failure = result.failure.clone().expect("a failed case");
+    let class = failure.class;
     let original = (case.messages.len(), case.plan.writes());
-    let (small, small_result) = match drive.shrink {
+    let unshrunk = (case.clone(), result.clone());
+    let (mut small, mut small_result) = match drive.shrink {
         Some((runs, time)) => {
             let shrinking = shrink::shrink(
                 live,
                 drive.case,
                 case.clone(),
                 result.clone(),
-                failure.class,
+                class,
                 runs,
                 time,
             );
@@ -448,12 +765,51 @@ async fn confirm(
                 None => Some(shrinking.await),
             };
             match shrunk {
-                Some((c, r, _)) => (c, r),
+                Some((c, r, runs)) => {
+                    tracing::info!("shrunk {} in {runs} run(s)", class);
+                    (c, r)
+                }
                 None => (case, result),
             }
         }
         None => (case, result),
     };
+    let mut reproduced = None;
+    if drive.confirm > 0 && !drive.stop.is_some_and(Stop::is_stopped) {
+        let mut tries = vec![small.clone()];
+        if small != unshrunk.0 {
+            tries.push(unshrunk.0.clone());
+        }
+        for candidate in tries {
+            let replay = repro::replay_config(drive.case, drive.case.timing, &candidate);
+            let again = repro::run_again(live, &replay, &candidate, class, drive.confirm);
+            let again = match drive.stop {
+                Some(stop) => tokio::select! {
+                    a = again => Some(a),
+                    () = stop.stopped() => None,
+                },
+                None => Some(again.await),
+            };
+            let Some(again) = again else { break };
+            let hits = again.reproduced.hits;
+            if candidate != small {
+                // The shrunk case never failed again: the unshrunk one stands in if
+                // it does better.
+                if hits == 0 {
+                    break;
+                }
+                tracing::info!(
+                    "shrunk case did not fail again on replay; keeping the unshrunk case"
+                );
+                small = candidate;
+                small_result = unshrunk.1.clone();
+            }
+            reproduced = Some(again.reproduced);
+            if hits > 0 {
+                break;
+            }
+        }
+    }
     let failure = small_result.failure.clone().unwrap_or(failure);
     let sizes: Vec<usize> = small.messages.iter().map(|m| m.len()).collect();
     let key = match drive.shrink {
@@ -466,7 +822,7 @@ async fn confirm(
         .find(|f| f.key == key && f.target == record.target)
     {
         record.reproducer = f.reproducer.clone();
-        return (key, record);
+        return (key, record, reproduced);
     }
     let mut repro = Reproducer {
         version: super::repro::VERSION,
@@ -486,6 +842,8 @@ async fn confirm(
         original_messages: original.0,
         original_writes: original.1,
         replay: String::new(),
+        timeouts: Some(repro::Timeouts::of(drive.case)),
+        reproduced,
     };
     let written = (artifacts.prepare)()
         .and_then(|()| repro.write_to(artifacts.dir).map_err(|e| e.to_string()));
@@ -493,5 +851,5 @@ async fn confirm(
         Ok(path) => record.reproducer = Some(path),
         Err(e) => tracing::warn!("reproducer not written: {e}"),
     }
-    (key, record)
+    (key, record, reproduced)
 }

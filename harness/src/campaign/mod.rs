@@ -10,6 +10,7 @@
 //! - [`shrink`]: makes a failing case smaller while it still fails.
 //! - [`repro`]: reproducer files and `chopstick replay`.
 //! - [`check`]: `chopstick check`, one target under each fault profile.
+//! - [`concurrency`]: `--concurrency`, and the probe that decides `auto`.
 //! - [`run`]: `chopstick run`, every reference server in-process under every fault.
 //! - [`preflight`]: one unfaulted round trip before any fault, and its diagnosis.
 //! - [`hostile`]: over-max, negative and cut headers, garbage after a frame.
@@ -21,6 +22,7 @@
 
 pub mod check;
 pub mod client;
+pub mod concurrency;
 pub mod drive;
 pub mod hostile;
 pub mod judge;
@@ -273,14 +275,16 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
             if result.failure.is_none() && target.exited().is_some() {
                 result.failure = liveness(target, config, &case.messages).await.err();
             }
-            if result.failure.is_some() {
-                recover(target).await;
+            if let Some(f) = &result.failure {
+                recover(target, config, f.class, &case.messages).await;
             }
             return result;
         }
         Err(f) => {
-            result.failure = Some(dead_or(target, f.class, f.detail));
-            recover(target).await;
+            await_exit(target).await;
+            let failure = dead_or(target, f.class, f.detail);
+            recover(target, config, failure.class, &case.messages).await;
+            result.failure = Some(failure);
             return result;
         }
     };
@@ -336,8 +340,8 @@ pub async fn run_case(target: &mut Target, config: &CaseConfig, case: &Case) -> 
     if result.failure.is_none() && (ending.is_some() || target.exited().is_some()) {
         result.failure = liveness(target, config, &case.messages).await.err();
     }
-    if result.failure.is_some() {
-        recover(target).await;
+    if let Some(f) = &result.failure {
+        recover(target, config, f.class, &case.messages).await;
     }
     result
 }
@@ -509,14 +513,21 @@ pub async fn liveness(
                             payload::preview(got)
                         ),
                     )),
-                    (_, None) => Err(dead_or(
-                        target,
-                        FailureClass::Hang,
-                        format!(
-                            "after the fault, a fresh connection was not served within {:?} ({:?})",
-                            config.liveness, d.seen.end
-                        ),
-                    )),
+                    (_, None) => {
+                        if d.seen.end != End::Timeout {
+                            // Reset or closed unanswered: a dying server closes its
+                            // sockets before it can be reaped.
+                            await_exit(target).await;
+                        }
+                        Err(dead_or(
+                            target,
+                            FailureClass::Hang,
+                            format!(
+                                "after the fault, a fresh connection was not served within {:?} ({:?})",
+                                config.liveness, d.seen.end
+                            ),
+                        ))
+                    }
                 };
             }
             Err(f) => {
@@ -533,6 +544,23 @@ pub async fn liveness(
         FailureClass::Refused,
         format!("after the fault, fresh connections are refused: {last}"),
     ))
+}
+
+/// Longest wait for a spawned server that dropped a connection unanswered to be seen
+/// exiting, and how often to look.
+const EXIT_GRACE: Duration = Duration::from_millis(300);
+const EXIT_POLL: Duration = Duration::from_millis(10);
+
+/// Waits (at most [`EXIT_GRACE`]) for a spawned target to exit; returns at once for
+/// others, or once it has.
+async fn await_exit(target: &mut Target) {
+    if !target.is_spawned() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + EXIT_GRACE;
+    while target.exited().is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(EXIT_POLL).await;
+    }
 }
 
 /// `class`, unless the spawned process has exited, which is reported instead.
@@ -555,8 +583,45 @@ fn dead_or(target: &mut Target, class: FailureClass, detail: String) -> Failure 
     }
 }
 
-/// After a failure, restart a spawned target so the next case starts healthy.
-async fn recover(target: &mut Target) {
+/// Failure classes that say the server as a whole may be dead or stuck, not only one
+/// connection's replies wrong.
+pub(crate) fn server_wide(class: FailureClass) -> bool {
+    matches!(
+        class,
+        FailureClass::Hang
+            | FailureClass::Refused
+            | FailureClass::ServerDied
+            | FailureClass::Liveness
+    )
+}
+
+/// How long the health check after a wrong reply may take; a server slower than that
+/// is restarted, as every failed server used to be.
+const HEALTH_WAIT: Duration = Duration::from_millis(500);
+
+/// After a failure, makes sure the next case starts on a healthy spawned target. A
+/// server that died, hangs or refuses is restarted; after a wrong reply on one
+/// connection, a fresh connection is tried first and the server is restarted only if
+/// it is not served: a respawn costs an interpreter's start-up, and a shrink makes
+/// dozens of failing runs.
+async fn recover(target: &mut Target, config: &CaseConfig, class: FailureClass, session: &[Bytes]) {
+    if !target.is_spawned() {
+        return;
+    }
+    if target.exited().is_none() && !server_wide(class) {
+        let quick = CaseConfig {
+            liveness: config.liveness.min(HEALTH_WAIT),
+            ..config.clone()
+        };
+        if liveness(target, &quick, session).await.is_ok() {
+            return;
+        }
+    }
+    restart(target).await;
+}
+
+/// Restarts a spawned target (no-op for others), so the next case starts afresh.
+async fn restart(target: &mut Target) {
     if target.is_spawned() {
         if let Err(e) = target.restart().await {
             tracing::warn!("restart failed: {e}");

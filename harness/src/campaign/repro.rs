@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::payload::{self, Payload};
-use super::{run_case, Case, CaseConfig, End, Failure, Target, TargetError, TargetSpec, Timing};
+use super::{
+    run_case, Case, CaseConfig, CaseResult, End, Failure, FailureClass, Target, TargetError,
+    TargetSpec, Timing,
+};
 use crate::chaos::Plan;
+use crate::report::Reproduced;
 use crate::repro_file::{self, ReproFile, ReproFileError};
 
 /// Format version of reproducer files.
@@ -39,6 +43,29 @@ pub struct Reproducer {
     pub original_writes: usize,
     /// The command that runs this file again.
     pub replay: String,
+    /// The check's patience, which replay keeps (absent: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// How often the case failed the same way when replayed before it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproduced: Option<Reproduced>,
+}
+
+/// The waits a case was judged with: a hang is only a hang against a deadline, so a
+/// replay waits as long as the check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub reply_timeout_ms: u64,
+    pub liveness_ms: u64,
+}
+
+impl Timeouts {
+    pub fn of(config: &CaseConfig) -> Timeouts {
+        Timeouts {
+            reply_timeout_ms: config.timing.reply_timeout.as_millis() as u64,
+            liveness_ms: config.liveness.as_millis() as u64,
+        }
+    }
 }
 
 /// Why a reproducer could not be written, read or replayed.
@@ -101,11 +128,14 @@ impl Reproducer {
 /// What a replay saw.
 #[derive(Debug)]
 pub struct ReplayOutcome {
-    /// The failure, if any attempt reproduced one.
+    /// The first failure an attempt saw (of any class), if any.
     pub failure: Option<Failure>,
     pub expected: Vec<bytes::Bytes>,
     pub seen: Vec<bytes::Bytes>,
-    pub attempts: usize,
+    /// Attempts that failed with the recorded class, of all attempts.
+    pub reproduced: Reproduced,
+    /// Attempts that failed with another class.
+    pub other: u32,
     /// For a reply stream that did not decode: the raw bytes an unfaulted send of the
     /// plan's bytes got back (see [`super::preflight::raw_exchange`]).
     pub raw: Option<super::preflight::Sample>,
@@ -114,33 +144,107 @@ pub struct ReplayOutcome {
 /// Least gap between writes on replay: the plan's cuts are kept exactly, and wider gaps
 /// make them reach the server as separate reads even on a busy machine.
 pub const REPLAY_MIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// Widest gap between writes on replay.
+pub const REPLAY_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// Gaps a replay may add up to (at most a quarter of the reply timeout): a shrunk case
+/// has a handful of writes, and a server that is not scheduled for a few milliseconds
+/// on a busy machine would read two of them as one.
+pub const REPLAY_PAUSE_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs the case again, up to `attempts` times (timing-dependent failures may need a
-/// second try); stops at the first failure. Writes are at least [`REPLAY_MIN_PAUSE`] apart.
+/// How a reproducer's case is run again: `config` with `timing`, writes apart by
+/// [`REPLAY_PAUSE_BUDGET`] spread over the plan's writes, within [`REPLAY_MIN_PAUSE`]
+/// and [`REPLAY_MAX_PAUSE`].
+pub fn replay_config(config: &CaseConfig, timing: Timing, case: &Case) -> CaseConfig {
+    let mut config = config.clone();
+    config.timing = timing;
+    let writes = u32::try_from(case.plan.writes().max(1)).unwrap_or(u32::MAX);
+    let gap = (REPLAY_PAUSE_BUDGET.min(timing.reply_timeout / 4) / writes)
+        .clamp(REPLAY_MIN_PAUSE, REPLAY_MAX_PAUSE);
+    config.timing.min_pause = config.timing.min_pause.max(gap);
+    config
+}
+
+/// What [`run_again`] saw over its attempts.
+#[derive(Debug)]
+pub struct Attempts {
+    /// Runs that failed with the class asked about.
+    pub reproduced: Reproduced,
+    /// Runs that failed with another class.
+    pub other: u32,
+    /// The first failing run's result, else the last run's.
+    pub result: CaseResult,
+}
+
+/// Runs `case` `attempts` times (at least once) against `target` and counts the runs
+/// that fail with `class`. Bounded: each run is bounded by the case's timeouts.
+pub async fn run_again(
+    target: &mut Target,
+    config: &CaseConfig,
+    case: &Case,
+    class: FailureClass,
+    attempts: usize,
+) -> Attempts {
+    let attempts = attempts.max(1);
+    let (mut hits, mut other) = (0u32, 0u32);
+    let mut kept: Option<CaseResult> = None;
+    for _ in 0..attempts {
+        let result = run_case(target, config, case).await;
+        match result.failure.as_ref().map(|f| f.class) {
+            Some(c) if c == class => hits += 1,
+            Some(_) => other += 1,
+            None => {}
+        }
+        if kept.as_ref().is_none_or(|k| k.failure.is_none()) {
+            kept = Some(result);
+        }
+    }
+    Attempts {
+        reproduced: Reproduced {
+            hits,
+            attempts: attempts as u32,
+        },
+        other,
+        result: kept.expect("at least one attempt"),
+    }
+}
+
+/// The timing a reproducer was judged with: the check's timeouts when the file has
+/// them, else the defaults; and the case config with its liveness deadline.
+pub fn recorded_timing(r: &Reproducer) -> (CaseConfig, Timing) {
+    let mut config = r.config.clone();
+    let timing = match r.timeouts {
+        Some(t) => {
+            config.liveness = std::time::Duration::from_millis(t.liveness_ms);
+            Timing {
+                reply_timeout: std::time::Duration::from_millis(t.reply_timeout_ms),
+                ..Timing::default()
+            }
+        }
+        None => Timing::default(),
+    };
+    (config, timing)
+}
+
+/// Runs the case again `attempts` times (at least once) with `timing` and counts how
+/// often it fails as recorded (see [`recorded_timing`] for the check's own timeouts).
 pub async fn replay(
     r: &Reproducer,
     attempts: usize,
     timing: Timing,
 ) -> Result<ReplayOutcome, ReproError> {
     let mut target = Target::start(&r.target).await?;
-    let mut config = r.config.clone();
-    config.timing = timing;
-    config.timing.min_pause = config.timing.min_pause.max(REPLAY_MIN_PAUSE);
+    let (config, _) = recorded_timing(r);
     let case = r.case();
-    let mut last = None;
-    for attempt in 1..=attempts.max(1) {
-        let result = run_case(&mut target, &config, &case).await;
-        let done = result.failure.is_some();
-        last = Some((result, attempt));
-        if done {
-            break;
-        }
-    }
-    let (result, attempts) = last.expect("at least one attempt");
+    let config = replay_config(&config, timing, &case);
+    let Attempts {
+        reproduced,
+        other,
+        result,
+    } = run_again(&mut target, &config, &case, r.failure.class, attempts).await;
     let malformed = result
         .failure
         .as_ref()
-        .is_some_and(|f| f.class == super::FailureClass::MalformedReply);
+        .is_some_and(|f| f.class == FailureClass::MalformedReply);
     let raw = match config.encode(case.conn, &case.messages) {
         Ok((stream, _)) if malformed => {
             let sent = case.plan.bytes_written().min(stream.len());
@@ -155,7 +259,8 @@ pub async fn replay(
         failure: result.failure,
         expected: result.expected,
         seen: result.seen.replies,
-        attempts,
+        reproduced,
+        other,
         raw,
     })
 }

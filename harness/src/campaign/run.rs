@@ -485,6 +485,9 @@ pub async fn campaign(
         stop: None,
         fail_fast: false,
         shard: None,
+        // In turn: in-process servers share this process's runtime with the driver.
+        concurrency: 1,
+        confirm: shrink::DEFAULT_CONFIRM,
     };
     for profile in profiles {
         let row = drive_profile(&mut live, &drive, profile, progress, report).await;

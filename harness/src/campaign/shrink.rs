@@ -1,7 +1,8 @@
 //! Shrinking: make a failing case smaller while it still fails the same way.
 //!
 //! Three moves, tried greedily and re-run against the live target each time:
-//! drop messages (in halves, then one by one — the plan's cuts inside a dropped frame
+//! keep only the request the failure was seen at (and the one before it), drop
+//! messages (in halves, then one by one — the plan's cuts inside a dropped frame
 //! go with it and later cuts shift), merge adjacent writes (a cut removed, with the
 //! pauses at it), and drop pauses. A move is kept only if the case still fails with
 //! the same class. Everything is bounded by a run budget and a wall-time budget
@@ -18,6 +19,10 @@ pub const DEFAULT_BUDGET: usize = 80;
 /// busy machine merged two writes on the reader's side would stop the shrink early;
 /// wider gaps keep the same cuts but make them reliably visible.
 pub const SHRINK_MIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Replays of a shrunk failure before its reproducer is written (`check --confirm`):
+/// enough to tell a steady failure from a flaky one without costing much.
+pub const DEFAULT_CONFIRM: usize = 3;
 
 /// Wall time allowed while shrinking one failure: a hang costs a whole reply timeout
 /// per run, so the run budget alone does not bound it.
@@ -127,6 +132,19 @@ fn without(case: &Case, config: &CaseConfig, drop: std::ops::Range<usize>) -> Op
     })
 }
 
+/// `case` with only the messages in `keep`, or `None` if not expressible.
+fn keep_only(case: &Case, config: &CaseConfig, keep: std::ops::Range<usize>) -> Option<Case> {
+    let n = case.messages.len();
+    let mut out = case.clone();
+    if keep.end < n {
+        out = without(&out, config, keep.end..n)?;
+    }
+    if keep.start > 0 {
+        out = without(&out, config, 0..keep.start)?;
+    }
+    Some(out)
+}
+
 /// Shrinks `case` (which failed with `class`); returns the smallest failing case found,
 /// its result, and the number of runs spent.
 pub async fn shrink(
@@ -150,6 +168,27 @@ pub async fn shrink(
     let mut runs = 0;
     let budget = move |runs: usize| runs < budget && started.elapsed() < time;
     let still_fails = |r: &CaseResult| r.failure.as_ref().is_some_and(|f| f.class == class);
+
+    // 0. Straight to the request the failure was seen at, alone and with the one
+    // before it (whose cut or leftover bytes may be what broke it): when that is the
+    // cause, one run does what the halving below takes a dozen for.
+    if let Some(i) = best.1.failure.as_ref().and_then(|f| f.message) {
+        let n = best.0.messages.len();
+        for keep in [i..i + 1, i.saturating_sub(1)..i + 1] {
+            if !budget(runs) || keep.end > n || keep.len() == n {
+                continue;
+            }
+            let Some(candidate) = keep_only(&best.0, config, keep) else {
+                continue;
+            };
+            runs += 1;
+            let r = run_case(target, config, &candidate).await;
+            if still_fails(&r) {
+                best = (candidate, r);
+                break;
+            }
+        }
+    }
 
     // 1. Fewer messages: try dropping chunks, from half the messages down to one.
     let mut chunk = best.0.messages.len().div_ceil(2);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use chopstick::campaign::check::{CheckConfig, Profile, Progress, Shard, Stop};
 use chopstick::campaign::client::ClientOutput;
+use chopstick::campaign::concurrency::Concurrency;
 use chopstick::campaign::{CaseConfig, TargetSpec, Timing};
 use chopstick::oracle::differential::Differential;
 use chopstick::oracle::Oracle;
@@ -88,6 +89,16 @@ pub struct CheckArgs {
     /// `chopstick report merge` combines the shards' JSON reports.
     #[arg(long)]
     shard: Option<Shard>,
+    /// Connections in flight at once: a number, or `auto`, which first checks that a
+    /// connection is served while others are open (else 1, so a server that serves one
+    /// client at a time is not called hanging). Findings are the same at any value: a
+    /// case that fails among others is run again alone and judged on that run.
+    #[arg(long, default_value = "auto", conflicts_with_all = ["udp", "client"])]
+    concurrency: Concurrency,
+    /// Replays of each shrunk failure before its reproducer is written; the report and
+    /// the reproducer say how many reproduced it (`3/3`, or `1/3 (flaky)`). 0: none.
+    #[arg(long, default_value_t = chopstick::campaign::shrink::DEFAULT_CONFIRM, conflicts_with = "udp")]
+    confirm: usize,
     #[command(flatten)]
     campaign: CampaignArgs,
 }
@@ -297,6 +308,8 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         budget: args.budget.map(|b| secs(b, "budget")).transpose()?,
         shard: args.shard,
         hostile,
+        concurrency: args.concurrency,
+        confirm: args.confirm,
     };
     let mut report = Report::new(seed);
     let stop = Stop::new();
@@ -372,6 +385,10 @@ impl Progress for LogLines {
 
     fn note(&mut self, line: &str) {
         self.found += 1;
+        eprintln!("chopstick check: {line}");
+    }
+
+    fn info(&mut self, line: &str) {
         eprintln!("chopstick check: {line}");
     }
 }

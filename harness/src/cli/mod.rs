@@ -221,6 +221,10 @@ impl Progress for Bar {
         self.0.println(line);
     }
 
+    fn info(&mut self, line: &str) {
+        self.0.println(line);
+    }
+
     fn finish(&mut self) {
         self.0.finish_and_clear();
     }

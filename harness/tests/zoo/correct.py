@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A correct u32be echo server: loops until it has the whole header and the whole body.
 
-Usage: correct.py PORT [--delay-ms N] [--upper]
+Usage: correct.py PORT [--delay-ms N] [--upper] [--sequential]
 --delay-ms sleeps before every reply, to prove chopstick raises no false alarm on slow servers.
+--sequential serves one client to completion before accepting the next (no threads): correct,
+             and what a concurrent check must not call hanging.
 """
 import socket
 import struct
@@ -13,6 +15,7 @@ import time
 PORT = int(sys.argv[1])
 DELAY = float(sys.argv[sys.argv.index("--delay-ms") + 1]) / 1000 if "--delay-ms" in sys.argv else 0.0
 UPPER = "--upper" in sys.argv
+SEQUENTIAL = "--sequential" in sys.argv
 
 
 def recv_exact(conn, n):
@@ -56,7 +59,10 @@ def main():
     srv.listen(128)
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=serve_conn, args=(conn,), daemon=True).start()
+        if SEQUENTIAL:
+            serve_conn(conn)
+        else:
+            threading.Thread(target=serve_conn, args=(conn,), daemon=True).start()
 
 
 if __name__ == "__main__":
