@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proof that the fuzz targets find bugs: builds the targets with the `planted-bugs`
 # feature (copies of decoder/validator paths with one known bug each, see
-# targets/src/fuzzing/planted.rs; never compiled in normal builds) and runs each bug's
+# fuzz/src/planted.rs; never compiled in normal builds, never in the product crates) and runs each bug's
 # target until it crashes or PLANTED_SECONDS (default 60) pass. It starts from an EMPTY
 # corpus: the committed seeds include inputs that trigger some of these bugs at once.
 # Prints one line per bug: found or not, after how long, and the failed assertion.

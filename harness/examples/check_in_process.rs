@@ -1,6 +1,8 @@
 //! chopstick from Rust: a campaign against your own in-process server with your own
-//! oracle, catching a planted bug and passing the fix. CI runs it:
+//! oracle, catching a planted bug and passing the fix, over real loopback sockets. CI
+//! runs it from `ci/lib-user/` (its `check_in_process` program is this file); by hand:
 //! `cargo run -p chopstick --example check_in_process` (exit 0 = bug caught, fix passed).
+//! `duplex_codec.rs` does the same without a socket and with a codec of its own.
 //!
 //! The protocol: u32be length-prefixed messages, each answered with its ASCII
 //! upper-case. The buggy server takes one read for one message (the "sticky packet"

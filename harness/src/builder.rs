@@ -4,8 +4,12 @@
 //! It fills a [`CheckConfig`] (the whole configuration, still public for callers who
 //! want every knob) and runs [`campaign::check::check`](crate::campaign::check::check).
 //! The target is an address, a command to spawn, or a connection handler of the
-//! caller's own that [`Target::serve`] puts behind a fresh loopback listener (real
-//! sockets, so the chaos is the kernel's too), for the duration of the run.
+//! caller's own: [`Target::serve`] puts it behind a fresh loopback listener (real
+//! sockets, so the chaos is the kernel's too) for the duration of the run, and
+//! [`Target::duplex`] hands it one end of an in-process pipe per connection (no
+//! socket: exact and fast, for unit tests; see [`crate::campaign::conn`] for what a
+//! pipe cannot model). The framing is a spec ([`Check::framing`]) or any
+//! `Decoder + Encoder` of the caller's ([`Check::codec`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,11 +20,13 @@ use std::time::Duration;
 
 use chopstick_targets::server::{self, Common, ConnError, Handle};
 use chopstick_targets::wire::Framing;
+use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
 
 use crate::campaign::check::{check, CheckConfig, Quiet};
 use crate::campaign::run::{parse_profiles, RunError, DEFAULT_PROFILES};
-use crate::campaign::{CaseConfig, TargetSpec, Timing};
+use crate::campaign::{CaseConfig, InProcess, TargetSpec, Timing};
+use crate::oracle::codec::Codec;
 use crate::oracle::{echo::Echo, Oracle};
 use crate::report::Report;
 use crate::workload::{Mode, Workload};
@@ -71,12 +77,30 @@ impl Target {
     {
         Target(Kind::Serve(Arc::new(move |s| Box::pin(handler(s)))))
     }
+
+    /// Your own connection handler (a `serve_conn`), given the server end of a fresh
+    /// in-process [`DuplexStream`] for every connection, one task each: no socket, no
+    /// port. Faults are the same writes, pauses and closes as on a socket; a `reset`
+    /// reaches the handler as a plain EOF. A `serve_conn` generic over
+    /// `AsyncRead + AsyncWrite` serves both this and [`Target::serve`].
+    pub fn duplex<H, Fut>(handler: H) -> Target
+    where
+        H: Fn(DuplexStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let handler = InProcess::new(DUPLEX_NAME, Arc::new(move |s| Box::pin(handler(s))));
+        Target(Kind::Spec(TargetSpec::InProcess(handler)))
+    }
 }
+
+/// How a [`Target::duplex`] is named in reports and reproducer files.
+const DUPLEX_NAME: &str = "in-process duplex";
 
 /// A campaign being set up; [`Check::run`] runs it.
 pub struct Check {
     target: Target,
     framing: Framing,
+    codec: Option<Codec>,
     oracle: Arc<dyn Oracle>,
     faults: String,
     seed: u64,
@@ -93,6 +117,7 @@ impl Check {
         Check {
             target,
             framing: Framing::default(),
+            codec: None,
             oracle: Arc::new(Echo),
             faults: DEFAULT_PROFILES.into(),
             seed: 0,
@@ -104,8 +129,16 @@ impl Check {
         }
     }
 
+    /// A framing spec for requests and replies (default `u32be`).
     pub fn framing(mut self, framing: Framing) -> Check {
         self.framing = framing;
+        self
+    }
+
+    /// Your own `Decoder + Encoder` as the framing of requests and replies, instead of
+    /// a spec; see [`Codec`] for frame layouts and text codecs.
+    pub fn codec(mut self, codec: Codec) -> Check {
+        self.codec = Some(codec);
         self
     }
 
@@ -193,7 +226,10 @@ impl Check {
             target_name,
             case: CaseConfig {
                 framing: self.framing,
-                oracle: self.oracle.clone(),
+                oracle: match &self.codec {
+                    Some(codec) => codec.with_oracle(self.oracle.clone()),
+                    None => self.oracle.clone(),
+                },
                 mode: Mode::Pipelined,
                 half_close: true,
                 timing: Timing::default(),

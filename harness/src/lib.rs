@@ -31,6 +31,7 @@ pub mod udp;
 pub mod workload;
 
 pub use builder::{Check, Target};
+pub use oracle::codec::Codec;
 
 // The README's Rust examples run as doctests (`cargo test --doc`), so they cannot rot.
 #[cfg(doctest)]

@@ -1,1 +1,1 @@
-../../../harness/examples/check_in_process.rs
+../../../harness/examples/duplex_codec.rs

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::codec::{Decoder, FramedRead};
 
+use super::conn::Conn;
 use super::judge::{End, Seen};
 use crate::chaos::{Ending, Plan, Step};
 use bytes::BytesMut;
@@ -38,13 +38,28 @@ pub enum Fin {
     AfterReplies,
 }
 
+/// A decoder of the library user's own, its items as bytes (see
+/// [`crate::oracle::codec::Codec`]).
+pub type BoxDecoder = Box<dyn Decoder<Item = Bytes, Error = WireError> + Send>;
+
 /// Decodes the reply stream into the byte strings `judge` compares.
-#[derive(Debug)]
 pub enum ReplyCodec {
     /// The framing's payloads.
     Frames(FrameCodec),
     /// hjson replies, each mapped to comparable bytes.
     Hjson(HjsonCodec, fn(HjsonFrame) -> Bytes),
+    /// A custom codec's decoded items.
+    Custom(BoxDecoder),
+}
+
+impl std::fmt::Debug for ReplyCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyCodec::Frames(c) => f.debug_tuple("Frames").field(c).finish(),
+            ReplyCodec::Hjson(c, _) => f.debug_tuple("Hjson").field(c).finish(),
+            ReplyCodec::Custom(_) => f.write_str("Custom"),
+        }
+    }
 }
 
 impl ReplyCodec {
@@ -61,6 +76,7 @@ impl Decoder for ReplyCodec {
         match self {
             ReplyCodec::Frames(c) => c.decode(src),
             ReplyCodec::Hjson(c, map) => Ok(c.decode(src)?.map(*map)),
+            ReplyCodec::Custom(c) => c.decode(src),
         }
     }
 
@@ -68,6 +84,7 @@ impl Decoder for ReplyCodec {
         match self {
             ReplyCodec::Frames(c) => c.decode_eof(src),
             ReplyCodec::Hjson(c, map) => Ok(c.decode_eof(src)?.map(*map)),
+            ReplyCodec::Custom(c) => c.decode_eof(src),
         }
     }
 }
@@ -130,12 +147,13 @@ impl Exchange {
     }
 }
 
-/// Drives one connection over `sock` (from [`super::Target::connect`] or a handshake).
+/// Drives one connection over `sock` (from [`super::Target::connect`] or a handshake),
+/// a socket or a duplex pipe alike.
 ///
 /// `stream`/`layouts` are the encoded requests, written as `plan` says; `replies`
 /// decodes what comes back.
 pub async fn drive(
-    sock: TcpStream,
+    sock: Conn,
     replies: ReplyCodec,
     stream: Bytes,
     layouts: &[FrameLayout],
@@ -152,7 +170,7 @@ pub async fn drive(
     let resets = matches!(plan.ending(), Some((Ending::Reset, _)));
     if resets {
         // SO_LINGER 0: closing the socket at the plan's `reset` sends an RST.
-        let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+        sock.reset_on_close();
     }
     let (read, mut write) = sock.into_split();
     let (replies_tx, mut replies_rx) = watch::channel(0usize);

@@ -1,6 +1,7 @@
 //! Campaigns: drive a target with seeded workloads under each fault, judge every reply
 //! with an oracle, check liveness after every cut, shrink failures into reproducers.
 //!
+//! - [`conn`]: the connection a case drives: a loopback socket or an in-process duplex pipe.
 //! - [`drive`]: one connection over a stream the target opened, per its plan.
 //! - [`judge`]: expected versus seen, and the failure classes.
 //! - [`target`]: `--connect ADDR`, `--spawn CMD` (started, watched, restarted) or
@@ -23,6 +24,7 @@
 pub mod check;
 pub mod client;
 pub mod concurrency;
+pub mod conn;
 pub mod drive;
 pub mod hostile;
 pub mod judge;
@@ -40,7 +42,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chopstick_targets::wire::Framing;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 use crate::chaos::{conn_rng, Direction, Ending, FaultSet, Plan};
 use crate::oracle::{Delivered, Encoded, Opened, Oracle, PROBE_CONN};
@@ -48,9 +49,10 @@ use crate::workload::{Mode, Workload};
 /// Session templates, the interface `check --traffic` and `check --requests` feed.
 pub use crate::workload::{Sessions, SessionsError};
 use chopstick_targets::wire::WireError;
+pub use conn::Conn;
 pub use drive::{Exchange, Fin, Timing};
 pub use judge::{End, Failure, FailureClass, Seen};
-pub use target::{Target, TargetError, TargetSpec};
+pub use target::{InProcess, Target, TargetError, TargetSpec};
 
 /// Pause between connect attempts while a server returns to `accept()`.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
@@ -374,7 +376,7 @@ async fn open_fresh(
     target: &Target,
     config: &CaseConfig,
     timing: &Timing,
-) -> Result<TcpStream, Failure> {
+) -> Result<Conn, Failure> {
     match config.oracle.handshake() {
         Some(h) => h.open_fresh(target, timing).await,
         None => target

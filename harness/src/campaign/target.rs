@@ -1,18 +1,22 @@
 //! The target under test: a server at an address to connect to, a server command
 //! chopstick starts itself (`{port}` replaced by a free port), watches, and restarts
-//! after it dies, or a client command that connects to chopstick (see [`super::client`]).
-//! [`Target::open`] gives the connection a case drives, whichever it is.
+//! after it dies, a client command that connects to chopstick (see [`super::client`]),
+//! or an in-process handler given a fresh duplex pipe per connection ([`InProcess`]).
+//! [`Target::open`] gives the connection a case drives, whichever it is: a [`Conn`].
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::io::DuplexStream;
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 use super::client::{ClientOutput, ClientTarget, OpenError};
+use super::conn::{Conn, DUPLEX_BUF_BYTES};
 use super::drive::Timing;
 use super::judge::{Failure, FailureClass};
 use super::process::{capture_tail, tail_lines};
@@ -34,6 +38,60 @@ pub enum TargetSpec {
         #[serde(default)]
         output: ClientOutput,
     },
+    /// A connection handler in this process, given the server half of a fresh duplex
+    /// pipe per connection. Files keep only its name: it cannot start from one.
+    InProcess(InProcess),
+}
+
+/// A connection handler served over in-process duplex pipes (see [`super::conn`] for
+/// what a pipe cannot model).
+pub type DuplexHandler =
+    Arc<dyn Fn(DuplexStream) -> BoxFuture<'static, std::io::Result<()>> + Send + Sync>;
+
+/// [`TargetSpec::InProcess`]: a name for reports and files, and the handler (absent in
+/// one read back from a file).
+#[derive(Clone)]
+pub struct InProcess {
+    pub name: String,
+    handler: Option<DuplexHandler>,
+}
+
+impl InProcess {
+    pub fn new(name: impl Into<String>, handler: DuplexHandler) -> InProcess {
+        InProcess {
+            name: name.into(),
+            handler: Some(handler),
+        }
+    }
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("InProcess").field(&self.name).finish()
+    }
+}
+
+impl PartialEq for InProcess {
+    fn eq(&self, other: &InProcess) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for InProcess {}
+
+impl Serialize for InProcess {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.name.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for InProcess {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<InProcess, D::Error> {
+        Ok(InProcess {
+            name: String::deserialize(d)?,
+            handler: None,
+        })
+    }
 }
 
 impl TargetSpec {
@@ -44,6 +102,7 @@ impl TargetSpec {
             TargetSpec::Connect(addr) => addr.to_string(),
             TargetSpec::Spawn(cmd) => command_name(cmd),
             TargetSpec::Client { cmd, .. } => format!("client {}", command_name(cmd)),
+            TargetSpec::InProcess(p) => p.name.clone(),
         }
     }
 }
@@ -78,6 +137,8 @@ pub enum TargetError {
     NoPort(std::io::Error),
     #[error("client `{cmd}`: {source}")]
     Client { cmd: String, source: OpenError },
+    #[error("the in-process target `{0}` lives in the program that ran it (a reproducer file cannot start it); run that program or test again")]
+    NotInProcess(String),
 }
 
 /// A running target.
@@ -92,6 +153,10 @@ pub struct Target {
     pub restarts: u32,
     /// `--client`: the client started for each case.
     pub client: Option<ClientTarget>,
+    /// An in-process target (with its handler), run once per connection.
+    duplex: Option<InProcess>,
+    /// Cancels the handler tasks of an in-process target when it is killed.
+    tasks: CancellationToken,
 }
 
 /// Kills a spawned target's whole process group (it leads its own, see `spawn`), so
@@ -118,6 +183,8 @@ impl Target {
             stderr: Arc::default(),
             restarts: 0,
             client: None,
+            duplex: None,
+            tasks: CancellationToken::new(),
         };
         match spec {
             TargetSpec::Connect(addr) if !addr.ip().is_loopback() => {
@@ -136,15 +203,23 @@ impl Target {
                     })?;
                 t.client = Some(client);
             }
+            TargetSpec::InProcess(p) if p.handler.is_none() => {
+                return Err(TargetError::NotInProcess(p.name.clone()))
+            }
+            TargetSpec::InProcess(p) => t.duplex = Some(p.clone()),
         }
         Ok(t)
     }
 
     /// The connection a case drives: connected to the server, or accepted from a
     /// freshly started client. `sent` is the length of the stream the case will send.
-    pub async fn open(&mut self, sent: usize, timing: &Timing) -> Result<TcpStream, Failure> {
+    pub async fn open(&mut self, sent: usize, timing: &Timing) -> Result<Conn, Failure> {
         match self.client.as_mut() {
-            Some(client) => client.open(sent).await.map_err(|e| e.into_failure()),
+            Some(client) => client
+                .open(sent)
+                .await
+                .map(Conn::Tcp)
+                .map_err(|e| e.into_failure()),
             None => self.connect(timing.connect).await.map_err(|e| {
                 Failure::new(FailureClass::Refused, None, format!("cannot connect: {e}"))
             }),
@@ -211,17 +286,35 @@ impl Target {
     }
 
     /// Opens a connection to the target (NODELAY set, so each planned write is its own
-    /// segment). Every stream a case uses comes from here or from an oracle's
-    /// handshake on top of it, so a target that supplies streams another way (one a
-    /// client under test connects to) changes only this method.
-    pub async fn connect(&self, timeout: Duration) -> std::io::Result<tokio::net::TcpStream> {
+    /// segment), or for an in-process target a fresh duplex pipe whose other half a new
+    /// handler task serves. Every stream a case uses comes from here or from an
+    /// oracle's handshake on top of it, so a target that supplies streams another way
+    /// (one a client under test connects to) changes only this method.
+    pub async fn connect(&self, timeout: Duration) -> std::io::Result<Conn> {
+        if let Some(handler) = self.duplex.as_ref().and_then(|p| p.handler.as_ref()) {
+            let (client, server) = tokio::io::duplex(DUPLEX_BUF_BYTES);
+            let conn = handler(server);
+            let stop = self.tasks.clone();
+            tokio::spawn(async move {
+                // A handler that never returns ends with the target (`kill`, drop).
+                tokio::select! {
+                    r = conn => {
+                        if let Err(e) = r {
+                            tracing::debug!("in-process handler: {e}");
+                        }
+                    }
+                    () = stop.cancelled() => {}
+                }
+            });
+            return Ok(Conn::Duplex(client));
+        }
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(Conn::Tcp(stream))
     }
 
     /// `Some(status)` if a spawned target has exited.
@@ -260,6 +353,7 @@ impl Target {
     }
 
     pub async fn kill(&mut self) {
+        std::mem::take(&mut self.tasks).cancel();
         if let Some(client) = self.client.as_mut() {
             client.kill().await;
         }
@@ -275,6 +369,7 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        self.tasks.cancel();
         // `kill_on_drop` reaches the child only; its group goes here.
         if let Some(pgid) = self.pgid.take() {
             kill_group(pgid);

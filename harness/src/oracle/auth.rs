@@ -24,13 +24,12 @@ use futures::FutureExt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{Handshake, Opened, Oracle, OracleError, Probe};
 use crate::campaign::drive::{Fin, Timing};
 use crate::campaign::judge::{Failure, FailureClass};
 use crate::campaign::payload::preview;
-use crate::campaign::Target;
+use crate::campaign::{Conn, Target};
 
 /// Pause between the 1-byte writes of a split digest, so the server really reads it
 /// in pieces.
@@ -133,7 +132,7 @@ impl Handshake for Auth {
         &'a self,
         target: &'a Target,
         timing: &'a Timing,
-    ) -> BoxFuture<'a, Result<TcpStream, Failure>> {
+    ) -> BoxFuture<'a, Result<Conn, Failure>> {
         accepted(target, self.key, timing).boxed()
     }
 }
@@ -223,7 +222,7 @@ impl AuthVariant {
 }
 
 /// Connects through the target.
-async fn connect(target: &Target, timing: &Timing) -> Result<TcpStream, Failure> {
+async fn connect(target: &Target, timing: &Timing) -> Result<Conn, Failure> {
     target
         .connect(timing.connect)
         .await
@@ -231,7 +230,7 @@ async fn connect(target: &Target, timing: &Timing) -> Result<TcpStream, Failure>
 }
 
 /// The right digest in one write, by the servers crate's own client.
-async fn accepted(target: &Target, key: AuthKey, timing: &Timing) -> Result<TcpStream, Failure> {
+async fn accepted(target: &Target, key: AuthKey, timing: &Timing) -> Result<Conn, Failure> {
     let mut sock = connect(target, timing).await?;
     let handshake = server::client_handshake(&mut sock, key.bytes());
     // Three steps (nonce, digest, verdict), each allowed the reply timeout.
@@ -261,7 +260,7 @@ async fn accepted(target: &Target, key: AuthKey, timing: &Timing) -> Result<TcpS
 }
 
 /// The right digest written one byte at a time.
-async fn split(target: &Target, key: AuthKey, timing: &Timing) -> Result<TcpStream, Failure> {
+async fn split(target: &Target, key: AuthKey, timing: &Timing) -> Result<Conn, Failure> {
     let (mut sock, nonce) = nonce(target, timing).await?;
     send_digest(
         &mut sock,
@@ -287,7 +286,7 @@ async fn split(target: &Target, key: AuthKey, timing: &Timing) -> Result<TcpStre
 
 /// Reads exactly `buf.len()` bytes within the reply timeout; `what` names them in failures.
 async fn read_within(
-    sock: &mut TcpStream,
+    sock: &mut Conn,
     buf: &mut [u8],
     timing: &Timing,
     what: &str,
@@ -309,7 +308,7 @@ async fn read_within(
 
 /// Sends a digest: in one write, or one byte per write with a pause between.
 async fn send_digest(
-    sock: &mut TcpStream,
+    sock: &mut Conn,
     digest: &[u8],
     split: bool,
     timing: &Timing,
@@ -341,14 +340,14 @@ async fn send_digest(
 }
 
 /// Connects and reads the server's nonce.
-async fn nonce(target: &Target, timing: &Timing) -> Result<(TcpStream, [u8; NONCE_LEN]), Failure> {
+async fn nonce(target: &Target, timing: &Timing) -> Result<(Conn, [u8; NONCE_LEN]), Failure> {
     let mut sock = connect(target, timing).await?;
     let mut nonce = [0u8; NONCE_LEN];
     read_within(&mut sock, &mut nonce, timing, "auth nonce").await?;
     Ok((sock, nonce))
 }
 
-async fn read_verdict(sock: &mut TcpStream, timing: &Timing) -> Result<u8, Failure> {
+async fn read_verdict(sock: &mut Conn, timing: &Timing) -> Result<u8, Failure> {
     let mut verdict = [0u8; 1];
     read_within(sock, &mut verdict, timing, "auth verdict").await?;
     Ok(verdict[0])

@@ -6,6 +6,8 @@
 //! - [`exec`]: the exec server: known commands, replies judged by a model of them.
 //! - [`file`](mod@file): the file server: puts, and the optional read-back of what was stored.
 //! - [`auth`]: the auth server: the optional handshake per connection, then echo inside.
+//! - [`codec`]: not an oracle but a wrapper of one: a library user's `Decoder + Encoder`
+//!   as the framing of its requests and replies.
 //!
 //! The driver (`campaign`) knows no oracle by name. For each case it asks the oracle how
 //! workload payloads become messages ([`Oracle::messages`]), how messages become the
@@ -27,6 +29,7 @@
 //!   user's own oracle (not in the registry) works everywhere but in `replay` of a file.
 
 pub mod auth;
+pub mod codec;
 pub mod differential;
 pub mod echo;
 pub mod exec;
@@ -41,12 +44,11 @@ use chopstick_targets::wire::{
 };
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;
 
 use crate::campaign::drive::{Fin, ReplyCodec, Timing};
 use crate::campaign::judge::{self, Failure, Seen};
-use crate::campaign::Target;
+use crate::campaign::{Conn, Target};
 use crate::chaos::Ending;
 
 /// A request stream and the layout of each frame in it.
@@ -199,7 +201,7 @@ pub trait ReadBack: Send + Sync {
 #[derive(Debug)]
 pub enum Opened {
     /// Ready for the requests.
-    Stream(TcpStream),
+    Stream(Conn),
     /// The handshake was the whole case (one that must be rejected): nothing inner is
     /// driven.
     Settled {
@@ -227,7 +229,7 @@ pub trait Handshake: Send + Sync {
         &'a self,
         target: &'a Target,
         timing: &'a Timing,
-    ) -> BoxFuture<'a, Result<TcpStream, Failure>>;
+    ) -> BoxFuture<'a, Result<Conn, Failure>>;
 }
 
 /// Why an oracle name or its settings cannot be turned into an oracle.

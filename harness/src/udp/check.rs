@@ -4,8 +4,9 @@
 //! Every request starts with a 10-byte tag `#xxxxxxxx#` (its sequence number in hex),
 //! which echo, upper (hex digits survive upper-casing) and time (literal text is copied)
 //! all return, so each reply is matched to the request it answers. The faults are
-//! applied on the way out by the same [`Shaper`] the relay uses, so the check knows
-//! exactly what the target received and can tell injected faults from receiver bugs:
+//! applied on the way out by the same [`Shaper`](super::shaper::Shaper) the relay uses
+//! ([`super::exchange`]), so the check knows exactly what the target received and can
+//! tell injected faults from receiver bugs ([`super::judge`]):
 //!
 //! - a reply that is a strict prefix of the right answer is **silent truncation**, the
 //!   bug of reading a datagram into too small a buffer and serving what fitted;
@@ -16,27 +17,30 @@
 //! - more answers than copies received is **duplicated**; a reply matching nothing is
 //!   **corrupted**; a time reply that is not the requested format near now is **wrong time**.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
-use tokio::net::UdpSocket;
+use serde::Serialize;
 
-use super::fault::{DatagramFaults, Fate};
-use super::repro::{Payload, UdpReproError, UdpReproducer};
-use super::shaper::{Datagram, Shaper};
-use super::target::{RunningTarget, UdpTarget, UdpTargetError};
+pub use super::error::UdpCheckError;
+pub use super::exchange::Request;
+use super::exchange::{exchange, Params};
+use super::fault::DatagramFaults;
+use super::judge::{judge, kinds, tag};
+pub use super::judge::{
+    parse_tag, FailureKind, FaultCounts, OracleParseError, UdpFailure, UdpOracle, TAG_LEN,
+};
+use super::repro::{UdpReproducer, VERSION};
+use super::target::{RunningTarget, UdpTarget};
+use crate::campaign::payload::Payload;
 use crate::chaos::{purpose_rng, Direction};
-use chopstick_targets::udp::strftime::{self, UtcTime};
-use chopstick_targets::udp::{MAX_UDP_PAYLOAD, TRUNCATED_PREFIX};
+use chopstick_targets::udp::strftime;
+use chopstick_targets::udp::MAX_UDP_PAYLOAD;
 
-/// Length of the `#xxxxxxxx#` tag that starts every request.
-pub const TAG_LEN: usize = 10;
+/// At most this many failing datagrams go into a shrunk reproducer.
+const MAX_SHRUNK: usize = 16;
 
 /// Formats the time oracle asks for (after the tag); all within the documented subset.
 pub const TIME_FORMATS: &[&str] = &[
@@ -46,37 +50,6 @@ pub const TIME_FORMATS: &[&str] = &[
     "%Y%m%d%H%M%S %j %y %%",
     "",
 ];
-
-/// What a correct reply is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum UdpOracle {
-    /// The same bytes.
-    Echo,
-    /// The ASCII upper-case of the request.
-    Upper,
-    /// The request is a format; the reply is the current UTC time in it.
-    Time,
-}
-
-/// An `--oracle` that the UDP check does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown udp oracle `{0}` (expected echo, upper or time)")]
-pub struct OracleParseError(pub String);
-
-impl FromStr for UdpOracle {
-    type Err = OracleParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "echo" => Ok(UdpOracle::Echo),
-            "upper" => Ok(UdpOracle::Upper),
-            "time" => Ok(UdpOracle::Time),
-            _ => Err(OracleParseError(s.into())),
-        }
-    }
-}
 
 /// Everything one UDP check run needs. Build with [`UdpCheckConfig::new`] and adjust.
 #[derive(Debug, Clone)]
@@ -118,6 +91,10 @@ impl UdpCheckConfig {
         }
     }
 
+    pub(crate) fn params(&self) -> Params {
+        Params::new(self.window, &self.faults, self.reply_timeout, self.deadline)
+    }
+
     fn validate(&self) -> Result<(), UdpCheckError> {
         if !(TAG_LEN..=MAX_UDP_PAYLOAD).contains(&self.max_size) {
             return Err(UdpCheckError::Config(format!(
@@ -132,65 +109,6 @@ impl UdpCheckConfig {
         }
         Ok(())
     }
-}
-
-/// One request as sent: its tag number, bytes and fate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub seq: u64,
-    pub request: Payload,
-    pub fate: Fate,
-}
-
-/// What went wrong with one reply or request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// A reply that is a strict prefix of the right answer: a cut datagram served as whole.
-    SilentTruncation,
-    /// A reply that answers no request.
-    Corrupted,
-    /// A request the target received and never answered.
-    Lost,
-    /// More answers than copies the target received.
-    Duplicated,
-    /// A time reply not in the requested format near the current time.
-    WrongTime,
-}
-
-impl std::fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self).ok();
-        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("failure"))
-    }
-}
-
-/// One failure, with expected vs seen where they exist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct UdpFailure {
-    pub kind: FailureKind,
-    pub seq: Option<u64>,
-    pub detail: String,
-    // A payload is a string, or `{"hex": "..."}` when it is not UTF-8.
-    #[cfg_attr(feature = "schema", schemars(with = "Option<serde_json::Value>"))]
-    pub expected: Option<Payload>,
-    #[cfg_attr(feature = "schema", schemars(with = "Option<serde_json::Value>"))]
-    pub seen: Option<Payload>,
-}
-
-/// Counts per fault, injected by the check or observed in the replies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct FaultCounts {
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    pub truncated: u64,
-    pub corrupted: u64,
-    pub delayed: u64,
 }
 
 /// Version of `check --udp --json`'s layout ([`UdpCheckReport`]): raised when a field
@@ -256,34 +174,6 @@ impl UdpCheckReport {
     }
 }
 
-/// Why a check could not run (a usage or environment error, not a finding).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UdpCheckError {
-    #[error(transparent)]
-    Target(#[from] UdpTargetError),
-    #[error("bad check configuration: {0}")]
-    Config(String),
-    #[error("socket error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Repro(#[from] UdpReproError),
-}
-
-fn tag(seq: u64) -> String {
-    format!("#{seq:08x}#")
-}
-
-/// The sequence number in a reply's leading tag (hex of either case).
-pub fn parse_tag(bytes: &[u8]) -> Option<u64> {
-    let t = bytes.get(..TAG_LEN)?;
-    if t[0] != b'#' || t[TAG_LEN - 1] != b'#' {
-        return None;
-    }
-    let hex = std::str::from_utf8(&t[1..TAG_LEN - 1]).ok()?;
-    u64::from_str_radix(hex, 16).ok()
-}
-
 /// The requests of a run: payloads from the seed's `udp-requests` stream, fates from
 /// `faults.fate(seed, Up, seq)`. Same config, same requests.
 pub fn requests(config: &UdpCheckConfig) -> Vec<Request> {
@@ -320,326 +210,6 @@ pub fn requests(config: &UdpCheckConfig) -> Vec<Request> {
         .collect()
 }
 
-/// What one exchange saw.
-#[derive(Debug, Default)]
-pub(crate) struct Exchange {
-    /// Per request (by position): what the target received (last copy) and how often.
-    pub delivered: Vec<Option<Bytes>>,
-    pub copies: Vec<u32>,
-    pub sent_unix: Vec<Option<i64>>,
-    /// Replies in arrival order, with the UTC second they arrived.
-    pub replies: Vec<(Bytes, i64)>,
-    pub injected: FaultCounts,
-    pub sent: u64,
-    pub timed_out: bool,
-}
-
-/// Knobs of the exchange, separate from the target so replays reuse them.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Params {
-    pub window: usize,
-    pub reply_timeout: Duration,
-    pub deadline: Duration,
-}
-
-pub(crate) async fn exchange(
-    addr: SocketAddr,
-    requests: &[Request],
-    p: Params,
-) -> std::io::Result<Exchange> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([127, 0, 0, 1], 0).into()
-    } else {
-        "[::1]:0".parse().expect("literal")
-    };
-    let sock = UdpSocket::bind(bind).await?;
-    // Room for a burst of replies; the kernel may cap it, which only costs speed.
-    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
-    let n = requests.len();
-    let mut x = Exchange {
-        delivered: vec![None; n],
-        copies: vec![0; n],
-        sent_unix: vec![None; n],
-        ..Exchange::default()
-    };
-    let index: HashMap<u64, usize> = requests
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.seq, i))
-        .collect();
-    let mut shaper = Shaper::default();
-    let mut buf = vec![0u8; 65_536];
-    let hard = Instant::now() + p.deadline;
-    let (mut next, mut closed, mut written_off, mut pushed) = (0usize, false, 0u64, 0u64);
-    let mut last_progress = Instant::now();
-    loop {
-        let now = Instant::now();
-        if now >= hard {
-            x.timed_out = true;
-            break;
-        }
-        while let Some(Datagram { seq, bytes }) = shaper.pop_due(now) {
-            let i = index[&seq];
-            // A send error (ICMP from a dead target) is one lost datagram, not the end.
-            if sock.send_to(&bytes, addr).await.is_ok() {
-                x.copies[i] += 1;
-                x.sent_unix[i].get_or_insert_with(strftime::unix_now);
-                x.delivered[i] = Some(bytes);
-                x.sent += 1;
-            }
-        }
-        // Copies pushed into the shaper count as awaited from the moment they are
-        // pushed, so delayed and held datagrams cannot sneak past the window as a burst.
-        let awaited = pushed.saturating_sub(x.replies.len() as u64 + written_off);
-        if next < n && (awaited as usize) < p.window.max(1) {
-            let r = &requests[next];
-            pushed += u64::from(r.fate.copies);
-            let a = shaper.push(
-                now,
-                &r.fate,
-                Datagram {
-                    seq: r.seq,
-                    bytes: r.request.0.clone(),
-                },
-            );
-            let c = &mut x.injected;
-            c.lost += u64::from(a.lost);
-            c.duplicated += u64::from(a.duplicated);
-            c.reordered += u64::from(a.reordered);
-            c.truncated += u64::from(a.truncated);
-            c.delayed += u64::from(a.delayed);
-            next += 1;
-            last_progress = now;
-            continue;
-        }
-        if next == n && !closed {
-            shaper.close(now);
-            closed = true;
-            continue;
-        }
-        let quiet = now.duration_since(last_progress) >= p.reply_timeout;
-        if closed && shaper.is_empty() && (awaited == 0 || quiet) {
-            break;
-        }
-        if quiet && next < n {
-            // Stop waiting for replies that are not coming; they are judged lost later.
-            written_off += awaited;
-            last_progress = now;
-            continue;
-        }
-        let mut wake = (last_progress + p.reply_timeout).min(hard);
-        if let Some(w) = shaper.next_wake() {
-            wake = wake.min(w);
-        }
-        tokio::select! {
-            r = sock.recv_from(&mut buf) => {
-                if let Ok((len, from)) = r {
-                    if from == addr {
-                        x.replies.push((Bytes::copy_from_slice(&buf[..len]), strftime::unix_now()));
-                        last_progress = Instant::now();
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {}
-        }
-    }
-    Ok(x)
-}
-
-enum Verdict {
-    Ok,
-    Prefix(Bytes),
-    Mismatch(Option<Bytes>),
-}
-
-fn verdict(oracle: UdpOracle, delivered: &Bytes, reply: &[u8], window: (i64, i64)) -> Verdict {
-    let expected = match oracle {
-        UdpOracle::Echo => delivered.clone(),
-        UdpOracle::Upper => Bytes::from(delivered.to_ascii_uppercase()),
-        UdpOracle::Time => {
-            let format: &[u8] = if delivered.is_empty() {
-                strftime::DEFAULT_FORMAT.as_bytes()
-            } else {
-                delivered
-            };
-            // Near now = equal to the format applied to some second in the window.
-            let (lo, hi) = window;
-            let hi = hi.min(lo.saturating_add(600));
-            let mut nearest = None;
-            for t in lo..=hi {
-                if let Ok(e) = strftime::format(format, &UtcTime::from_unix(t), MAX_UDP_PAYLOAD) {
-                    if e == reply {
-                        return Verdict::Ok;
-                    }
-                    nearest.get_or_insert(Bytes::from(e));
-                }
-            }
-            return Verdict::Mismatch(nearest);
-        }
-    };
-    if expected == reply {
-        Verdict::Ok
-    } else if reply.len() < expected.len() && expected.starts_with(reply) {
-        Verdict::Prefix(expected)
-    } else {
-        Verdict::Mismatch(Some(expected))
-    }
-}
-
-/// The judgement of one exchange.
-#[derive(Debug, Default)]
-pub(crate) struct Judgement {
-    pub observed: FaultCounts,
-    pub truncation_reported: u64,
-    pub failures: Vec<UdpFailure>,
-}
-
-fn payload(b: &[u8]) -> Option<Payload> {
-    Some(Payload(Bytes::copy_from_slice(b)))
-}
-
-pub(crate) fn judge(
-    oracle: UdpOracle,
-    requests: &[Request],
-    x: &Exchange,
-    tolerance: Duration,
-) -> Judgement {
-    let tol = i64::try_from(tolerance.as_secs())
-        .unwrap_or(i64::MAX / 4)
-        .max(1);
-    let index: HashMap<u64, usize> = requests
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.seq, i))
-        .collect();
-    let mut answers = vec![0u32; requests.len()];
-    let mut j = Judgement::default();
-    let mut highest_first: Option<u64> = None;
-    for (reply, at) in &x.replies {
-        if reply.starts_with(TRUNCATED_PREFIX) {
-            j.truncation_reported += 1;
-            // The report quotes the request's first bytes; credit that request.
-            let head = reply
-                .windows(5)
-                .position(|w| w == b"head=")
-                .map(|p| &reply[p + 5..]);
-            if let Some(i) = head.and_then(parse_tag).and_then(|s| index.get(&s)) {
-                answers[*i] += 1;
-            }
-            continue;
-        }
-        // Candidates: the tagged request, or (tag cut off in transit) any request whose
-        // delivered bytes lost their tag.
-        let candidates: Vec<usize> = match parse_tag(reply).and_then(|s| index.get(&s)) {
-            Some(i) if x.delivered[*i].is_some() => vec![*i],
-            Some(_) => vec![],
-            None => (0..requests.len())
-                .filter(|i| x.delivered[*i].as_ref().is_some_and(|d| d.len() < TAG_LEN))
-                .collect(),
-        };
-        let mut matched = None;
-        let mut prefix = None;
-        let mut mismatch = None;
-        for &i in &candidates {
-            let Some(d) = &x.delivered[i] else { continue };
-            let window = (x.sent_unix[i].unwrap_or(*at) - tol, at + tol);
-            match verdict(oracle, d, reply, window) {
-                Verdict::Ok => {
-                    // Among equal candidates, credit one still owed an answer.
-                    if matched.is_none() || answers[i] < x.copies[i] {
-                        matched = Some(i);
-                    }
-                    if answers[i] < x.copies[i] {
-                        break;
-                    }
-                }
-                Verdict::Prefix(e) => prefix = Some((i, e)),
-                Verdict::Mismatch(e) => mismatch = Some((i, e)),
-            }
-        }
-        if let Some(i) = matched {
-            answers[i] += 1;
-            let seq = requests[i].seq;
-            if answers[i] == 1 {
-                if highest_first.is_some_and(|h| seq < h) {
-                    j.observed.reordered += 1;
-                }
-                highest_first = Some(highest_first.map_or(seq, |h| h.max(seq)));
-            }
-            if reply.len() < requests[i].request.0.len() && oracle != UdpOracle::Time {
-                j.observed.truncated += 1; // cut in transit by the truncate fault: expected
-            }
-        } else if let Some((i, expected)) = prefix {
-            answers[i] += 1;
-            j.observed.truncated += 1;
-            j.failures.push(UdpFailure {
-                kind: FailureKind::SilentTruncation,
-                seq: Some(requests[i].seq),
-                detail: format!(
-                    "reply has {} of the {} bytes expected and no truncation report: a cut datagram was served as whole",
-                    reply.len(),
-                    expected.len()
-                ),
-                expected: Some(Payload(expected)),
-                seen: payload(reply),
-            });
-        } else {
-            j.observed.corrupted += 1;
-            let (seq, expected) = match mismatch {
-                Some((i, e)) => {
-                    answers[i] += 1;
-                    (Some(requests[i].seq), e.map(Payload))
-                }
-                None => (None, None),
-            };
-            let kind = if oracle == UdpOracle::Time && seq.is_some() {
-                FailureKind::WrongTime
-            } else {
-                FailureKind::Corrupted
-            };
-            j.failures.push(UdpFailure {
-                kind,
-                seq,
-                detail: match (kind, seq) {
-                    (FailureKind::WrongTime, _) => format!(
-                        "reply is not the requested format at any second within {tol} s of the exchange"
-                    ),
-                    (_, Some(_)) => "reply carries a request's tag but not its answer".into(),
-                    _ => "reply matches no request sent".into(),
-                },
-                expected,
-                seen: payload(reply),
-            });
-        }
-    }
-    for (i, r) in requests.iter().enumerate() {
-        let (copies, got) = (x.copies[i], answers[i]);
-        if got == 0 {
-            j.observed.lost += 1;
-            if copies > 0 {
-                j.failures.push(UdpFailure {
-                    kind: FailureKind::Lost,
-                    seq: Some(r.seq),
-                    detail: format!("target received {copies} cop(ies) and never answered"),
-                    expected: x.delivered[i].as_deref().and_then(payload),
-                    seen: None,
-                });
-            }
-        }
-        j.observed.duplicated += u64::from(got.saturating_sub(1));
-        if got > copies && copies > 0 {
-            j.failures.push(UdpFailure {
-                kind: FailureKind::Duplicated,
-                seq: Some(r.seq),
-                detail: format!("{got} answers to {copies} cop(ies) received"),
-                expected: None,
-                seen: None,
-            });
-        }
-    }
-    j
-}
-
 /// Runs one check: starts or reaches the target, exchanges, judges, and on failure
 /// writes a reproducer (when `artifacts` is set) after confirming it still fails with
 /// only the failing datagrams.
@@ -656,23 +226,12 @@ pub async fn run_check(config: &UdpCheckConfig) -> Result<UdpCheckReport, UdpChe
     Ok(report)
 }
 
-pub(crate) fn params(config: &UdpCheckConfig) -> Params {
-    // A held datagram waits for up to `reorder window - 1` later ones; the send window
-    // must let that many through, or holds end by timeout instead of by reordering.
-    let reorder = config.faults.reorder.map_or(0, |(w, _)| w as usize);
-    Params {
-        window: config.window.max(reorder + 1),
-        reply_timeout: config.reply_timeout,
-        deadline: config.deadline,
-    }
-}
-
 async fn check_with(
     config: &UdpCheckConfig,
     target: &RunningTarget,
 ) -> Result<UdpCheckReport, UdpCheckError> {
     let reqs = requests(config);
-    let x = exchange(target.addr, &reqs, params(config)).await?;
+    let x = exchange(target.addr, &reqs, config.params()).await?;
     let j = judge(config.oracle, &reqs, &x, config.time_tolerance);
     let mut report = UdpCheckReport {
         format: UDP_REPORT_FORMAT,
@@ -692,15 +251,61 @@ async fn check_with(
         timed_out: x.timed_out,
     };
     if let (false, Some(dir)) = (report.failures.is_empty(), &config.artifacts) {
-        let mut repro = UdpReproducer::shrunk(config, &reqs, &report.failures, target).await?;
+        let mut repro = shrunk(config, &reqs, &report.failures, target).await?;
         report.reproducer = Some(repro.write_to(dir)?);
     }
     Ok(report)
 }
 
+/// A reproducer for a failed run: only the failing datagrams when they alone fail
+/// the same way against `target` again, otherwise every datagram of the run.
+async fn shrunk(
+    config: &UdpCheckConfig,
+    requests: &[Request],
+    failures: &[UdpFailure],
+    target: &RunningTarget,
+) -> Result<UdpReproducer, UdpCheckError> {
+    let mut seqs: Vec<u64> = failures.iter().filter_map(|f| f.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.truncate(MAX_SHRUNK);
+    let mut r = UdpReproducer {
+        version: VERSION,
+        seed: config.seed,
+        target: config.target.clone(),
+        oracle: config.oracle,
+        faults: config.faults,
+        datagrams: requests.to_vec(),
+        failures: failures.to_vec(),
+        original_datagrams: requests.len(),
+        window: config.window,
+        reply_timeout_ms: u64::try_from(config.reply_timeout.as_millis()).unwrap_or(u64::MAX),
+        time_tolerance_s: config.time_tolerance.as_secs(),
+        replay: String::new(),
+    };
+    if seqs.is_empty() || seqs.len() == requests.len() {
+        return Ok(r);
+    }
+    let small: Vec<Request> = requests
+        .iter()
+        .filter(|q| seqs.contains(&q.seq))
+        .cloned()
+        .collect();
+    let x = exchange(target.addr, &small, config.params()).await?;
+    let j = judge(config.oracle, &small, &x, config.time_tolerance);
+    let wanted = kinds(failures);
+    if kinds(&j.failures).iter().any(|k| wanted.contains(k)) {
+        r.datagrams = small;
+        r.failures = j.failures;
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::udp::exchange::Exchange;
+    use crate::udp::fault::Fate;
 
     fn cfg(oracle: UdpOracle) -> UdpCheckConfig {
         let mut c = UdpCheckConfig::new(UdpTarget::Connect(([127, 0, 0, 1], 9).into()), oracle);

@@ -7,18 +7,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::check::{
-    exchange, judge, params, FailureKind, Params, Request, UdpCheckConfig, UdpCheckError,
-    UdpFailure, UdpOracle,
-};
+use super::error::UdpCheckError;
+use super::exchange::{exchange, Params, Request};
 use super::fault::DatagramFaults;
+use super::judge::{judge, kinds, UdpFailure, UdpOracle};
 use super::target::{RunningTarget, UdpTarget};
 use crate::repro_file::{self, ReproFile, ReproFileError};
 
 /// Format version of UDP reproducer files.
 pub const VERSION: u32 = 1;
-/// At most this many failing datagrams go into a shrunk reproducer.
-const MAX_SHRUNK: usize = 16;
+/// Bound on one replayed exchange.
+const REPLAY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub use crate::campaign::payload::Payload;
 
@@ -64,66 +63,14 @@ pub struct UdpReplayOutcome {
     pub attempts: usize,
 }
 
-fn kinds(f: &[UdpFailure]) -> Vec<FailureKind> {
-    let mut k: Vec<FailureKind> = f.iter().map(|f| f.kind).collect();
-    k.sort();
-    k.dedup();
-    k
-}
-
 impl UdpReproducer {
-    fn params(&self) -> Params {
-        // Same rule as the check: the window lets a held datagram's passers-by through.
-        let reorder = self.faults.reorder.map_or(0, |(w, _)| w as usize);
-        Params {
-            window: self.window.max(reorder + 1),
-            reply_timeout: std::time::Duration::from_millis(self.reply_timeout_ms),
-            deadline: std::time::Duration::from_secs(60),
-        }
-    }
-
-    /// A reproducer for a failed run: only the failing datagrams when they alone fail
-    /// the same way against `target` again, otherwise every datagram of the run.
-    pub(crate) async fn shrunk(
-        config: &UdpCheckConfig,
-        requests: &[Request],
-        failures: &[UdpFailure],
-        target: &RunningTarget,
-    ) -> Result<UdpReproducer, UdpCheckError> {
-        let mut seqs: Vec<u64> = failures.iter().filter_map(|f| f.seq).collect();
-        seqs.sort_unstable();
-        seqs.dedup();
-        seqs.truncate(MAX_SHRUNK);
-        let mut r = UdpReproducer {
-            version: VERSION,
-            seed: config.seed,
-            target: config.target.clone(),
-            oracle: config.oracle,
-            faults: config.faults,
-            datagrams: requests.to_vec(),
-            failures: failures.to_vec(),
-            original_datagrams: requests.len(),
-            window: config.window,
-            reply_timeout_ms: u64::try_from(config.reply_timeout.as_millis()).unwrap_or(u64::MAX),
-            time_tolerance_s: config.time_tolerance.as_secs(),
-            replay: String::new(),
-        };
-        if seqs.is_empty() || seqs.len() == requests.len() {
-            return Ok(r);
-        }
-        let small: Vec<Request> = requests
-            .iter()
-            .filter(|q| seqs.contains(&q.seq))
-            .cloned()
-            .collect();
-        let x = exchange(target.addr, &small, params(config)).await?;
-        let j = judge(config.oracle, &small, &x, config.time_tolerance);
-        let wanted = kinds(failures);
-        if kinds(&j.failures).iter().any(|k| wanted.contains(k)) {
-            r.datagrams = small;
-            r.failures = j.failures;
-        }
-        Ok(r)
+    pub(crate) fn params(&self) -> Params {
+        Params::new(
+            self.window,
+            &self.faults,
+            std::time::Duration::from_millis(self.reply_timeout_ms),
+            REPLAY_DEADLINE,
+        )
     }
 
     /// `udp-echo-silent_truncation-s3.json`: what failed, with which seed.

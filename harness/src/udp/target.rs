@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::process::{Child, Command};
 
+use crate::campaign::process::capture_tail;
+
 /// How long a spawned target gets to answer its first probe.
 pub const STARTUP: Duration = Duration::from_secs(15);
-/// Most stderr kept from a spawned target (the tail is what matters).
-const STDERR_CAP: usize = 64 * 1024;
+/// Receive buffer for the probe's answer: the largest datagram there is.
+const PROBE_REPLY_BUF: usize = 65_536;
 /// The probe: a request no check ever sends (tag `ffffffff`).
 pub const PROBE: &[u8] = b"#ffffffff# probe";
 
@@ -109,17 +110,8 @@ impl RunningTarget {
                         source,
                     })?;
                 let stderr: Arc<Mutex<Vec<u8>>> = Arc::default();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let sink = stderr.clone();
-                    tokio::spawn(async move {
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n @ 1..) = pipe.read(&mut buf).await {
-                            let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-                            s.extend_from_slice(&buf[..n]);
-                            let excess = s.len().saturating_sub(STDERR_CAP);
-                            s.drain(..excess);
-                        }
-                    });
+                if let Some(pipe) = child.stderr.take() {
+                    tokio::spawn(capture_tail(pipe, stderr.clone()));
                 }
                 RunningTarget {
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -135,7 +127,7 @@ impl RunningTarget {
     async fn wait_ready(&mut self, spec: &UdpTarget) -> Result<(), UdpTargetError> {
         let probe = UdpSocket::bind("127.0.0.1:0").await?;
         let start = Instant::now();
-        let mut buf = vec![0u8; 65_536];
+        let mut buf = vec![0u8; PROBE_REPLY_BUF];
         while start.elapsed() < STARTUP {
             if let Some(child) = &mut self.child {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -166,7 +158,7 @@ impl RunningTarget {
         })
     }
 
-    /// What a spawned target wrote to stderr (the last 64 KiB).
+    /// What a spawned target wrote to stderr (the last 64 KiB, as `check --spawn` keeps).
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }

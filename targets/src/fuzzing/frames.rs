@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::{chunk_sizes, Rest};
-use crate::wire::{Framing, HjsonCodec, HjsonFrame, WireError, MAX_HEADER};
+use crate::wire::{FrameCodec, Framing, HjsonCodec, HjsonFrame, WireError, MAX_HEADER};
 
 /// Largest `max` a fuzzed framing gets, so a correct decoder never allocates much.
 pub const FUZZ_MAX: usize = 64 * 1024;
@@ -116,6 +116,24 @@ pub struct HjsonDecodeInput {
 
 /// Any framing spec, bytes and chunking through [`Framing::codec`].
 pub fn frame_decode(input: FrameDecodeInput) {
+    frame_decode_impl(input, None::<fn(Framing) -> FrameCodec>);
+}
+
+/// [`frame_decode`]'s checks on another decoder of the same framings (`make` builds
+/// one per stream): how `fuzz/` proves the target finds a planted bug in a copy.
+pub fn frame_decode_with<D, F>(input: FrameDecodeInput, make: F)
+where
+    D: Decoder<Item = Bytes, Error = WireError>,
+    F: Fn(Framing) -> D,
+{
+    frame_decode_impl(input, Some(make));
+}
+
+fn frame_decode_impl<D, F>(input: FrameDecodeInput, other: Option<F>)
+where
+    D: Decoder<Item = Bytes, Error = WireError>,
+    F: Fn(Framing) -> D,
+{
     let (spec, data) = input.spec.split(&input.data.0);
     let Ok(framing) = spec.parse::<Framing>() else {
         return;
@@ -134,9 +152,8 @@ pub fn frame_decode(input: FrameDecodeInput) {
         return;
     }
 
-    #[cfg(feature = "planted-bugs")]
-    if super::planted::chosen().is_some() {
-        let make = || super::planted::frame_codec(framing);
+    if let Some(other) = other {
+        let make = || other(framing);
         check_decoder(make, data, &input.chunks, input.cut, max, Bytes::len);
         return;
     }
@@ -173,6 +190,24 @@ fn check_raw(framing: Framing, data: &[u8], chunks: &[u8]) {
 
 /// [`HjsonCodec`] itself, whose frames carry the header too.
 pub fn hjson_decode(input: HjsonDecodeInput) {
+    hjson_decode_impl(input, None::<fn(usize) -> HjsonCodec>);
+}
+
+/// [`hjson_decode`]'s checks on another hjson decoder (`make(max)` builds one per
+/// stream), as [`frame_decode_with`].
+pub fn hjson_decode_with<D, F>(input: HjsonDecodeInput, make: F)
+where
+    D: Decoder<Item = HjsonFrame, Error = WireError>,
+    F: Fn(usize) -> D,
+{
+    hjson_decode_impl(input, Some(make));
+}
+
+fn hjson_decode_impl<D, F>(input: HjsonDecodeInput, other: Option<F>)
+where
+    D: Decoder<Item = HjsonFrame, Error = WireError>,
+    F: Fn(usize) -> D,
+{
     let max = usize::from(input.max);
     let built;
     let data = if input.mode & 1 != 0 {
@@ -183,9 +218,8 @@ pub fn hjson_decode(input: HjsonDecodeInput) {
     };
     let body_len = |f: &HjsonFrame| f.body.len();
 
-    #[cfg(feature = "planted-bugs")]
-    if super::planted::chosen().is_some() {
-        let make = || super::planted::hjson_codec(max);
+    if let Some(other) = other {
+        let make = || other(max);
         check_decoder(make, data, &input.chunks, input.cut, max, body_len);
         return;
     }

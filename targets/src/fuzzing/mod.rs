@@ -11,13 +11,12 @@
 //! file can be read with `xxd`. A body returns normally for any input its code under test
 //! handles correctly and panics (a libFuzzer crash) on a broken invariant.
 //!
-//! With the `planted-bugs` feature and `CHOPSTICK_PLANTED=NAME`, a body runs a copy of its
-//! decoder path with a known bug instead ([`planted`]); `fuzz/planted.sh` shows each is
-//! found. Normal builds do not contain those copies.
+//! The `*_with` forms run a body's checks on a stand-in for the code under test: `fuzz/`
+//! keeps copies of these decoder and validator paths with one known bug each
+//! (`fuzz/src/planted.rs`) and `fuzz/planted.sh` shows each is found. The copies live
+//! there, never in this crate.
 
 mod frames;
-#[cfg(feature = "planted-bugs")]
-pub mod planted;
 mod requests;
 mod session;
 
@@ -25,9 +24,13 @@ pub use arbitrary;
 use arbitrary::{Arbitrary, Unstructured};
 
 pub use frames::{
-    frame_decode, hjson_decode, FrameDecodeInput, HjsonDecodeInput, SpecInput, KINDS,
+    frame_decode, frame_decode_with, hjson_decode, hjson_decode_with, FrameDecodeInput,
+    HjsonDecodeInput, SpecInput, KINDS,
 };
-pub use requests::{exec_request, file_request, ExecRequestInput, FileRequestInput};
+pub use requests::{
+    exec_request, exec_request_with, file_request, file_request_with, Accepted, ExecRequestInput,
+    FileRequestInput, ParseExec, ValidateName,
+};
 pub use session::{auth_handshake, server_session, AuthHandshakeInput, ServerSessionInput};
 
 /// The raw tail of an input: every byte left after the fixed-size header.

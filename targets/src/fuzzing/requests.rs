@@ -44,14 +44,26 @@ pub struct FileRequestInput {
 
 /// What an accepted exec request will run.
 #[derive(Debug)]
-pub(crate) struct Accepted {
+pub struct Accepted {
     pub argv: Vec<String>,
     pub program: PathBuf,
     pub stdin: Bytes,
 }
 
+/// A stand-in for the exec request parser and validator (see [`exec_request_with`]).
+pub type ParseExec = fn(&HjsonFrame, &exec::Config) -> Result<Accepted, String>;
+
 /// The exec request parser and validator on a header built from the input.
 pub fn exec_request(input: ExecRequestInput) {
+    exec_request_impl(input, None);
+}
+
+/// [`exec_request`]'s checks on another parser (`fuzz/`'s planted copies).
+pub fn exec_request_with(input: ExecRequestInput, parse: ParseExec) {
+    exec_request_impl(input, Some(parse));
+}
+
+fn exec_request_impl(input: ExecRequestInput, other: Option<ParseExec>) {
     let config = exec::Config::default();
     let header = match exec_header(&input, &config) {
         Some(h) => h,
@@ -68,14 +80,10 @@ pub fn exec_request(input: ExecRequestInput) {
     };
     let output_cap = 1024;
 
-    #[cfg(feature = "planted-bugs")]
-    let result = if super::planted::chosen().is_some() {
-        super::planted::parse_exec_request(&request, &config)
-    } else {
-        real_exec_request(&request, &config, output_cap)
+    let result = match other {
+        Some(parse) => parse(&request, &config),
+        None => real_exec_request(&request, &config, output_cap),
     };
-    #[cfg(not(feature = "planted-bugs"))]
-    let result = real_exec_request(&request, &config, output_cap);
 
     let expected = exec_rules(&header, &config);
     match (result, expected) {
@@ -181,13 +189,24 @@ fn exec_rules(header: &Map<String, Value>, config: &exec::Config) -> Result<Vec<
     Ok(argv)
 }
 
+/// A stand-in for the file name validator (see [`file_request_with`]).
+pub type ValidateName = fn(&str) -> Result<(), String>;
+
 /// The file name validator, and what an accepted name resolves to on disk.
 pub fn file_request(input: FileRequestInput) {
+    file_request_impl(input, None);
+}
+
+/// [`file_request`]'s checks on another validator (`fuzz/`'s planted copies).
+pub fn file_request_with(input: FileRequestInput, validate: ValidateName) {
+    file_request_impl(input, Some(validate));
+}
+
+fn file_request_impl(input: FileRequestInput, other: Option<ValidateName>) {
     let name = file_name(&input);
 
-    #[cfg(feature = "planted-bugs")]
-    if super::planted::chosen().is_some() {
-        let result = super::planted::validate_name(&name);
+    if let Some(validate) = other {
+        let result = validate(&name);
         check_name(&name, result.is_ok(), result.err());
         return;
     }

@@ -70,6 +70,10 @@ pub enum WireError {
     /// A netstring payload followed by something other than its `,`.
     #[error("frame not terminated: expected `,` after the payload, found byte 0x{found:02x}")]
     MissingTerminator { found: u8 },
+    /// An error from a codec that is not one of these framings (a library user's own),
+    /// as it displays.
+    #[error("codec: {0}")]
+    Codec(String),
 }
 
 impl WireError {
@@ -90,6 +94,7 @@ impl WireError {
             WireError::BadHeader(_) => "bad_header",
             WireError::MalformedLength(_) => "malformed_length",
             WireError::MissingTerminator { .. } => "bad_trailer",
+            WireError::Codec(_) => "codec",
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Planted bugs (feature `planted-bugs`, never in normal builds): copies of decoder and
+//! Planted bugs (feature `planted-bugs`, never in CI's fuzz stage): copies of decoder and
 //! validator paths with one known bug each, chosen at run time by `CHOPSTICK_PLANTED`.
 //! `fuzz/planted.sh` runs each target with its bug and records how fast it is found.
+//! They live here, in the fuzz crate, so the product crates never contain them; the
+//! targets run their checks on a copy through `chopstick_targets::fuzzing::*_with`.
 //!
 //! | name | target | the bug |
 //! |---|---|---|
@@ -15,15 +17,15 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use bytes::{Buf, Bytes, BytesMut};
-use serde_json::{Map, Value};
-use tokio_util::codec::Decoder;
-
-use super::requests::Accepted;
-use crate::exec::{self, FIXED_PATH, MAX_ARGS, MAX_ARG_LEN};
-use crate::wire::{
+use chopstick_targets::exec::{self, FIXED_PATH, MAX_ARGS, MAX_ARG_LEN};
+use chopstick_targets::file::names::{is_valid_component, MAX_NAME};
+use chopstick_targets::fuzzing::Accepted;
+use chopstick_targets::wire::{
     Endian, FrameCodec, Framing, HjsonCodec, HjsonFrame, LengthCodec, LengthSpec, WireError,
     MAX_HEADER,
 };
+use serde_json::{Map, Value};
+use tokio_util::codec::Decoder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
@@ -215,19 +217,8 @@ impl Decoder for PlantedHjson {
     }
 }
 
-/// The exec request validator; with `exec-nul`, a copy without the NUL check.
-pub(crate) fn parse_exec_request(
-    request: &HjsonFrame,
-    config: &exec::Config,
-) -> Result<Accepted, String> {
-    if chosen() != Some(Bug::ExecNul) {
-        let spec = exec::parse_request(request, config, 1024).map_err(|r| r.0)?;
-        return Ok(Accepted {
-            argv: spec.argv,
-            program: spec.program,
-            stdin: spec.stdin,
-        });
-    }
+/// A copy of the exec request validator without the NUL check (`exec-nul`).
+pub fn parse_exec_request(request: &HjsonFrame, config: &exec::Config) -> Result<Accepted, String> {
     let Some(Value::Array(items)) = request.header.get("argv") else {
         return Err("`argv` must be an array of strings".into());
     };
@@ -261,14 +252,9 @@ pub(crate) fn parse_exec_request(
     })
 }
 
-/// The file name validator; with `file-dotdot`, a copy that refuses `..` only first.
+/// A copy of the file name validator that refuses `..` only first (`file-dotdot`).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    if chosen() != Some(Bug::FileDotDot) {
-        return crate::file::validate(name)
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-    }
-    if name.is_empty() || name.len() > crate::file::names::MAX_NAME || name.starts_with('/') {
+    if name.is_empty() || name.len() > MAX_NAME || name.starts_with('/') {
         return Err("empty, too long or absolute".into());
     }
     for (i, component) in name.split('/').enumerate() {
@@ -279,7 +265,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             }
             continue;
         }
-        if !crate::file::names::is_valid_component(component) {
+        if !is_valid_component(component) {
             return Err(format!("bad component {component:?}"));
         }
     }

@@ -1,0 +1,1 @@
+../../../../harness/examples/check_in_process.rs
