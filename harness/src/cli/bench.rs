@@ -136,24 +136,15 @@ pub async fn exec(args: BenchArgs) -> Result<ExitCode> {
 /// `--traffic` or `--requests`: every request, in recorded order, at most
 /// [`bench::MAX_REQUESTS`] of them.
 fn real_requests(args: &BenchArgs) -> Result<Option<Vec<bytes::Bytes>>> {
-    let templates = match (&args.traffic, &args.requests) {
-        (Some(path), _) => {
-            let file = chopstick::traffic::read(path)?;
-            let framing = args.framing.to_string();
-            // Requests decoded in one framing and re-encoded in another are other bytes.
-            if file.framing != framing || file.reply_framing != framing {
-                anyhow::bail!(
-                    "{} was recorded with --framing {} --reply-framing {}; bench needs one \
-                     framing for both directions, given with --framing",
-                    path.display(),
-                    file.framing,
-                    file.reply_framing
-                );
-            }
-            file.templates(path)?
-        }
-        (None, Some(path)) => chopstick::traffic::load_requests(path)?,
-        (None, None) => return Ok(None),
+    // bench decodes replies with --framing too: the recording must have used it both ways.
+    let Some(templates) = super::real_templates(
+        args.traffic.as_deref(),
+        args.requests.as_deref(),
+        args.framing,
+        args.framing,
+    )?
+    else {
+        return Ok(None);
     };
     let mut all: Vec<bytes::Bytes> = templates.into_iter().flatten().collect();
     if all.len() > bench::MAX_REQUESTS {

@@ -395,26 +395,16 @@ impl Progress for LogLines {
 
 /// `--traffic` or `--requests`: the session templates the workload draws from.
 fn sessions(args: &CheckArgs, reply_framing: Framing) -> Result<Option<Arc<Sessions>>> {
-    let templates = match (&args.traffic, &args.requests) {
-        (Some(path), _) => {
-            let file = chopstick::traffic::read(path)?;
-            // Requests decoded in one framing and re-encoded in another are other bytes.
-            if file.framing != args.framing.to_string()
-                || file.reply_framing != reply_framing.to_string()
-            {
-                anyhow::bail!(
-                    "{} was recorded with --framing {} --reply-framing {}; check it with the same",
-                    path.display(),
-                    file.framing,
-                    file.reply_framing
-                );
-            }
-            file.templates(path)?
-        }
-        (None, Some(path)) => chopstick::traffic::load_requests(path)?,
-        (None, None) => return Ok(None),
-    };
-    Ok(Some(Arc::new(Sessions::new(templates)?)))
+    let templates = super::real_templates(
+        args.traffic.as_deref(),
+        args.requests.as_deref(),
+        args.framing,
+        reply_framing,
+    )?;
+    Ok(match templates {
+        Some(t) => Some(Arc::new(Sessions::new(t)?)),
+        None => None,
+    })
 }
 
 /// `--client`: only oracles that judge the echoes of one connection on their own (no

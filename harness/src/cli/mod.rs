@@ -101,6 +101,36 @@ fn size_arg(s: &str) -> Result<usize, String> {
     parse_size(s).map(|n| n as usize).map_err(str::to_string)
 }
 
+/// `--traffic FILE` or `--requests FILE` (check and bench): the session templates, the
+/// recording's framing held to the one asked for (requests decoded in one framing and
+/// re-encoded in another are other bytes). `None` when neither was given.
+fn real_templates(
+    traffic: Option<&std::path::Path>,
+    requests: Option<&std::path::Path>,
+    framing: chopstick_targets::wire::Framing,
+    reply_framing: chopstick_targets::wire::Framing,
+) -> Result<Option<Vec<chopstick::traffic::Template>>> {
+    Ok(Some(match (traffic, requests) {
+        (Some(path), _) => {
+            let file = chopstick::traffic::read(path)?;
+            if file.framing != framing.to_string()
+                || file.reply_framing != reply_framing.to_string()
+            {
+                anyhow::bail!(
+                    "{} was recorded with --framing {} --reply-framing {}; use the same \
+                     (here: --framing {framing} --reply-framing {reply_framing})",
+                    path.display(),
+                    file.framing,
+                    file.reply_framing
+                );
+            }
+            file.templates(path)?
+        }
+        (None, Some(path)) => chopstick::traffic::load_requests(path)?,
+        (None, None) => return Ok(None),
+    }))
+}
+
 fn secs(s: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(s)
         .with_context(|| format!("--{what} must be a non-negative number of seconds"))
