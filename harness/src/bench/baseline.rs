@@ -32,7 +32,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const PASSES: usize = 2;
 
 /// The pool of real requests: each encoded in `framing`, with the reply slot learnt
-/// from [`PASSES`] unfaulted passes against the server at `addr`.
+/// from two unfaulted passes (`PASSES`) against the server at `addr`.
 pub fn learn(addr: SocketAddr, framing: Framing, requests: &[Bytes]) -> Result<Pool, BenchError> {
     let mut frames = Vec::with_capacity(requests.len());
     for r in requests {
