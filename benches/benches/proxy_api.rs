@@ -20,6 +20,7 @@
 //!   it has rebuilt every connection's links).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,57 @@ where
     })
 }
 
+/// What one iteration of a row does.
+#[derive(Clone, Copy)]
+enum Exchange<'a> {
+    /// `bulk_once` of these bytes.
+    Bulk(&'a [u8]),
+    /// One 64-byte round trip.
+    Ping,
+}
+
+impl Exchange<'_> {
+    async fn once(self, s: &mut TcpStream) -> std::io::Result<()> {
+        match self {
+            Exchange::Bulk(data) => benches::bulk_once(s, data).await,
+            Exchange::Ping => benches::ping_once(s, &[7u8; 64], &mut [0u8; 64]).await,
+        }
+    }
+}
+
+/// Times `iters` exchanges on `s`, each bounded by [`PROBE_TIMEOUT`]: a relay that loses
+/// bytes when a toxic changes can pass the probe and stall later, and must not hang the
+/// bench. From the first stall on, the row's exchanges are not run but counted at
+/// [`PROBE_TIMEOUT`] each, and the row says so: its figure then reads "stalls", not a
+/// rate.
+async fn timed(
+    row: &str,
+    iters: u64,
+    stalled: &AtomicBool,
+    s: &mut TcpStream,
+    exchange: Exchange<'_>,
+) -> Duration {
+    let stall_cost = |n: u64| PROBE_TIMEOUT.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+    if stalled.load(Ordering::Relaxed) {
+        return stall_cost(iters);
+    }
+    let start = Instant::now();
+    for done in 0..iters {
+        match tokio::time::timeout(PROBE_TIMEOUT, exchange.once(s)).await {
+            Ok(r) => r.unwrap_or_else(|e| panic!("{row}: {e}")),
+            Err(_) => {
+                stalled.store(true, Ordering::Relaxed);
+                eprintln!(
+                    "{row}: STALLED: an exchange did not complete within {PROBE_TIMEOUT:?}; \
+                     the row's remaining exchanges are counted at that each, not run"
+                );
+                return start.elapsed().saturating_add(stall_cost(iters - done - 1));
+            }
+        }
+    }
+    start.elapsed()
+}
+
 /// One API server under test: its row prefix and address.
 #[derive(Clone, Copy)]
 struct Api {
@@ -245,17 +297,16 @@ fn bench(c: &mut Criterion) {
             rt.block_on(benches::connect(row.addr)),
         ));
         let churn_on = row.churn;
+        let stalled = Arc::new(AtomicBool::new(false));
         group.bench_function(&row.name, |b| {
             b.iter_custom(|iters| {
                 let (data, conn) = (data.clone(), conn.clone());
+                let (row_name, stalled) = (row.name.clone(), stalled.clone());
                 rt.block_on(rt.spawn(async move {
                     let churning = churn_on.map(|api| Churn::start(api.addr, "bulk", "downstream"));
                     let mut s = conn.lock().await;
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        benches::bulk_once(&mut s, &data).await.expect("bulk");
-                    }
-                    let took = start.elapsed();
+                    let took =
+                        timed(&row_name, iters, &stalled, &mut s, Exchange::Bulk(&data)).await;
                     if let Some(c) = churning {
                         c.stop().await;
                     }
@@ -288,21 +339,15 @@ fn bench(c: &mut Criterion) {
             rt.block_on(benches::connect(row.addr)),
         ));
         let churn_on = row.churn;
+        let stalled = Arc::new(AtomicBool::new(false));
         group.bench_function(&row.name, |b| {
             b.iter_custom(|iters| {
                 let conn = conn.clone();
+                let (row_name, stalled) = (row.name.clone(), stalled.clone());
                 rt.block_on(rt.spawn(async move {
                     let churning = churn_on.map(|api| Churn::start(api.addr, "ping", "downstream"));
                     let mut s = conn.lock().await;
-                    let msg = [7u8; 64];
-                    let mut back = [0u8; 64];
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        benches::ping_once(&mut s, &msg, &mut back)
-                            .await
-                            .expect("ping");
-                    }
-                    let took = start.elapsed();
+                    let took = timed(&row_name, iters, &stalled, &mut s, Exchange::Ping).await;
                     if let Some(c) = churning {
                         c.stop().await;
                     }

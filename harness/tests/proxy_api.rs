@@ -785,3 +785,81 @@ fn disconnect_toxic_delivers_whole_frames_then_cuts_inside_the_next_one() {
         assert_eq!(u32be_payloads(&got[..before]), sent[..whole]);
     }
 }
+
+/// A toxic added and removed over and over on both streams switches each direction
+/// between the plain relay and the queued toxic path, mid-stream: every byte must still
+/// arrive once and in order (a switch that dropped the queue, or read ahead of it,
+/// would lose or reorder bytes), and the connection must stay open throughout.
+#[test]
+fn toxics_coming_and_going_lose_and_reorder_no_byte() {
+    let chopstick = Chopstick::api();
+    let api = chopstick.addr;
+    let upstream = server(echo);
+    let (status, body) = http(
+        api,
+        "POST",
+        "/proxies",
+        &format!(r#"{{"name":"churn","upstream":"{upstream}","listen":"127.0.0.1:0"}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let listen: SocketAddr = json(&body)["listen"].as_str().unwrap().parse().unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut changes = 0u32;
+            // Bounded even if the main thread never stops it.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && changes < 4_000 {
+                let stream = if changes % 4 < 2 {
+                    "upstream"
+                } else {
+                    "downstream"
+                };
+                let toxic = format!(
+                    r#"{{"name":"t","type":"latency","stream":"{stream}","attributes":{{"latency":1}}}}"#
+                );
+                let (status, body) = if changes % 2 == 0 {
+                    http(api, "POST", "/proxies/churn/toxics", &toxic)
+                } else {
+                    http(api, "DELETE", "/proxies/churn/toxics/t", "")
+                };
+                assert!(status == 200 || status == 204, "{status} {body}");
+                changes += 1;
+            }
+            changes
+        })
+    };
+
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let sent: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let sent = sent.clone();
+        thread::spawn(move || {
+            // Writes of varying sizes, some paced, so chunks are in flight at every switch.
+            let (mut at, mut k) = (0usize, 0usize);
+            while at < sent.len() {
+                let n = [1usize, 700, 4096, 65_536, 13][k % 5].min(sent.len() - at);
+                w.write_all(&sent[at..at + n]).unwrap();
+                at += n;
+                k += 1;
+                if k % 3 == 0 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let mut got = vec![0u8; sent.len()];
+    s.read_exact(&mut got)
+        .expect("every byte comes back through the proxy within the deadline");
+    writer.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let changes = churn.join().unwrap();
+    let first_bad = got.iter().zip(&sent).position(|(a, b)| a != b);
+    assert_eq!(first_bad, None, "bytes differ from offset {first_bad:?}");
+    assert!(changes >= 4, "the toxic changed only {changes} times");
+    eprintln!("{changes} toxic changes while 2 MiB went through and back");
+}

@@ -1,6 +1,7 @@
-//! One connection of an API-managed proxy: two directions, each a reader that queues
-//! timestamped chunks and a writer that passes them through the toxics of its stream
-//! (`upstream` = client to server), read afresh for every chunk so changes apply live.
+//! One connection of an API-managed proxy: two directions. While no toxic of a
+//! direction's stream (`upstream` = client to server) applies, it is a plain relay, each
+//! read written at once; while one does, a reader queues timestamped chunks and a writer
+//! passes them through the toxics, read afresh for every chunk so changes apply live.
 //!
 //! Per chunk, in this order (a toxic's `toxicity` is drawn once per connection, and
 //! again when the toxic is updated):
@@ -172,26 +173,58 @@ async fn direction(
     ctx: &LinkCtx,
     activity: &Activity,
 ) -> End {
-    let (tx, rx) = mpsc::channel(ctx.settings.chunk_queue.max(1));
-    let reader = async {
-        read_loop(src, tx, ctx.settings.read_buffer.max(1), activity).await;
-        std::future::pending::<End>().await
-    };
     let mut writer = Writer {
         dir,
         conn,
         ctx,
+        watch: ctx.toxics.clone(),
+        watching: true,
         toxics: Vec::new(),
         reset_at: None,
         timeout_at: None,
         next_free: None,
     };
-    tokio::select! {
-        end = writer.run(rx, dst) => end,
-        end = reader => end,
+    let list = writer.watch.borrow_and_update().clone();
+    writer.sync(&list);
+    let read_buffer = ctx.settings.read_buffer.max(1);
+    loop {
+        if writer.quiet() {
+            match writer.relay(src, dst, read_buffer, activity).await {
+                Mode::Ended(end) => return end,
+                Mode::Toxic | Mode::Quiet => {}
+            }
+        }
+        // A toxic applies: a reader queues timestamped chunks while the writer sleeps,
+        // paces or gathers, until the toxics are gone and the queue is empty.
+        let (tx, rx) = mpsc::channel(ctx.settings.chunk_queue.max(1));
+        let reader = async {
+            read_loop(src, tx, read_buffer, activity).await;
+            std::future::pending::<End>().await
+        };
+        tokio::select! {
+            biased;
+            mode = writer.run(rx, dst) => match mode {
+                Mode::Ended(end) => return end,
+                Mode::Quiet | Mode::Toxic => {}
+            },
+            end = reader => return end,
+        }
     }
 }
 
+/// Why the plain relay or the toxic path handed over.
+enum Mode {
+    /// The direction ended.
+    Ended(End),
+    /// A toxic now applies: chunks go through the queue.
+    Toxic,
+    /// No toxic applies and nothing is queued: back to the plain relay.
+    Quiet,
+}
+
+/// Reads and queues chunks until the end of the stream or until the writer is gone.
+/// Dropping it at any await loses nothing: a chunk is read only once there is room to
+/// queue it, and queued in the same step.
 async fn read_loop(
     src: &mut ReadHalf<'_>,
     tx: mpsc::Sender<Input>,
@@ -200,6 +233,9 @@ async fn read_loop(
 ) {
     let mut buf = BytesMut::new();
     loop {
+        let Ok(room) = tx.reserve().await else {
+            return;
+        };
         buf.reserve(read_buffer);
         let input = match src.read_buf(&mut buf).await {
             Ok(0) => Input::Eof,
@@ -210,7 +246,8 @@ async fn read_loop(
             Err(_) => Input::Failed,
         };
         let last = !matches!(input, Input::Data(..));
-        if tx.send(input).await.is_err() || last {
+        room.send(input);
+        if last {
             return;
         }
     }
@@ -231,6 +268,10 @@ struct Writer<'a> {
     dir: Direction,
     conn: u64,
     ctx: &'a LinkCtx,
+    /// The proxy's toxic list, re-read whenever it changes.
+    watch: watch::Receiver<ToxicList>,
+    /// False once the proxy is gone (no more changes).
+    watching: bool,
     toxics: Vec<Live>,
     reset_at: Option<tokio::time::Instant>,
     timeout_at: Option<tokio::time::Instant>,
@@ -307,13 +348,75 @@ impl Writer<'_> {
         self.toxics.iter_mut().filter(|l| l.applies)
     }
 
-    async fn run(&mut self, mut rx: mpsc::Receiver<Input>, dst: &mut WriteHalf<'_>) -> End {
-        let mut toxics = self.ctx.toxics.clone();
-        let list = toxics.borrow_and_update().clone();
-        self.sync(&list);
-        let mut watching = true;
+    /// No toxic applies and no toxic timer runs.
+    fn quiet(&self) -> bool {
+        self.toxics.iter().all(|l| !l.applies)
+            && self.reset_at.is_none()
+            && self.timeout_at.is_none()
+    }
+
+    /// Re-reads the toxic list if it changed since the last look.
+    fn resync(&mut self, changed: Result<(), watch::error::RecvError>) {
+        match changed {
+            Ok(()) => {
+                let list = self.watch.borrow_and_update().clone();
+                self.sync(&list);
+            }
+            Err(_) => self.watching = false,
+        }
+    }
+
+    /// The plain relay while no toxic applies: each read written at once, in the same
+    /// task step, as the fixed relay does (a hand-off through the queue costs a task
+    /// wake-up per chunk: when it was always taken, most of an API proxy's added
+    /// latency, 44 us per round trip against 9 us).
+    async fn relay(
+        &mut self,
+        src: &mut ReadHalf<'_>,
+        dst: &mut WriteHalf<'_>,
+        read_buffer: usize,
+        activity: &Activity,
+    ) -> Mode {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(read_buffer);
+            tokio::select! {
+                biased;
+                changed = self.watch.changed(), if self.watching => {
+                    self.resync(changed);
+                    if !self.quiet() {
+                        return Mode::Toxic;
+                    }
+                }
+                got = src.read_buf(&mut buf) => match got {
+                    Ok(0) => {
+                        let _ = dst.shutdown().await;
+                        return Mode::Ended(End::Eof);
+                    }
+                    Ok(_) => {
+                        activity.touch();
+                        let data = buf.split();
+                        if let Err(end) = self.write(dst, &data).await {
+                            return Mode::Ended(end);
+                        }
+                    }
+                    Err(_) => {
+                        drain_unsent(dst.as_ref(), Duration::from_secs(1)).await;
+                        return Mode::Ended(End::Reset);
+                    }
+                },
+            }
+        }
+    }
+
+    /// The toxic path: queued chunks through the live toxics, until the direction ends
+    /// or the toxics are gone with nothing left queued.
+    async fn run(&mut self, mut rx: mpsc::Receiver<Input>, dst: &mut WriteHalf<'_>) -> Mode {
         let mut stashed: Option<Input> = None;
         loop {
+            if stashed.is_none() && rx.is_empty() && self.quiet() {
+                return Mode::Quiet;
+            }
             let input = match stashed.take() {
                 Some(input) => input,
                 None => {
@@ -323,22 +426,16 @@ impl Writer<'_> {
                     };
                     tokio::select! {
                         biased;
-                        changed = toxics.changed(), if watching => {
-                            match changed {
-                                Ok(()) => {
-                                    let list = toxics.borrow_and_update().clone();
-                                    self.sync(&list);
-                                }
-                                Err(_) => watching = false,
-                            }
+                        changed = self.watch.changed(), if self.watching => {
+                            self.resync(changed);
                             continue;
                         }
                         () = sleep_until_some(deadline) => {
                             let now = tokio::time::Instant::now();
                             if self.reset_at.is_some_and(|t| t <= now) {
-                                return End::Reset;
+                                return Mode::Ended(End::Reset);
                             }
-                            return End::Close;
+                            return Mode::Ended(End::Close);
                         }
                         got = rx.recv() => got.unwrap_or(Input::Eof),
                     }
@@ -348,7 +445,7 @@ impl Writer<'_> {
                 Input::Data(at, data) => (at, data),
                 Input::Eof => {
                     if self.active(|k| matches!(k, Kind::Timeout { .. })) {
-                        return End::Close;
+                        return Mode::Ended(End::Close);
                     }
                     let delay = self
                         .live()
@@ -361,11 +458,11 @@ impl Writer<'_> {
                         tokio::time::sleep(delay).await;
                     }
                     let _ = dst.shutdown().await;
-                    return End::Eof;
+                    return Mode::Ended(End::Eof);
                 }
                 Input::Failed => {
                     drain_unsent(dst.as_ref(), Duration::from_secs(1)).await;
-                    return End::Reset;
+                    return Mode::Ended(End::Reset);
                 }
             };
             let now = tokio::time::Instant::now();
@@ -375,7 +472,7 @@ impl Writer<'_> {
             });
             if let Some(timeout) = reset_peer {
                 if timeout.is_zero() {
-                    return End::Reset;
+                    return Mode::Ended(End::Reset);
                 }
                 self.reset_at.get_or_insert(now + timeout);
                 continue;
@@ -392,18 +489,18 @@ impl Writer<'_> {
                 // No toxic: the plain relay's one write.
                 match self.write(dst, &data).await {
                     Ok(()) => continue,
-                    Err(end) => return end,
+                    Err(end) => return Mode::Ended(end),
                 }
             }
             let data = match self.gather(data, &mut rx, &mut stashed).await {
                 Some(d) => d,
-                None => return End::Close,
+                None => return Mode::Ended(End::Close),
             };
             match self.deliver(at, &data, dst).await {
                 Ok(None) => {}
-                Ok(Some(Ending::Close)) => return End::Close,
-                Ok(Some(Ending::Reset)) => return End::Reset,
-                Err(end) => return end,
+                Ok(Some(Ending::Close)) => return Mode::Ended(End::Close),
+                Ok(Some(Ending::Reset)) => return Mode::Ended(End::Reset),
+                Err(end) => return Mode::Ended(end),
             }
         }
     }
@@ -592,6 +689,18 @@ impl Writer<'_> {
         let piece = rate.map_or(data.len().max(1), |r| {
             (r as usize).saturating_mul(100).max(1)
         });
+        let mut data = data;
+        if rate.is_none() {
+            // What the socket takes at once needs no stall timer (one fewer timer entry
+            // per chunk on the round-trip path).
+            while !data.is_empty() {
+                match dst.as_ref().try_write(data) {
+                    Ok(n) => data = &data[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => return Err(End::Reset),
+                }
+            }
+        }
         for chunk in data.chunks(piece) {
             if let Some(rate) = rate {
                 let now = tokio::time::Instant::now();
