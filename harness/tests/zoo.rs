@@ -224,16 +224,35 @@ fn one_read_as_one_message_is_caught() {
     caught(&cmd, "coalesce", &["lost", "corrupted"]);
 }
 
+/// A failure seen at no reply (a death or hang after a disconnect) shrinks straight to
+/// the message the connection was cut in: one or two runs, each a restart (and, for a
+/// hang, a liveness deadline), where halving the messages took four or more.
+fn shrunk_to_the_cut_message(reproducers: Vec<PathBuf>) {
+    for path in reproducers {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let messages = r["messages"].as_array().unwrap().len();
+        let runs = r["shrink_runs"]
+            .as_u64()
+            .expect("a shrunk reproducer says its runs");
+        assert!(
+            messages == 1 && runs <= 2,
+            "{}: {messages} messages after {runs} shrink runs",
+            path.display()
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 #[test]
 fn server_dying_on_a_mid_frame_disconnect_is_caught() {
     let cmd = format!("python3 {} {{port}} dies_on_cut", zoo("broken.py"));
-    caught(&cmd, "disconnect", &["server_died"]);
+    shrunk_to_the_cut_message(caught(&cmd, "disconnect", &["server_died"]));
 }
 
 #[test]
 fn server_spinning_on_eof_mid_frame_is_caught() {
     let cmd = format!("python3 {} {{port}} spins_on_eof", zoo("broken.py"));
-    caught(&cmd, "disconnect", &["hang"]);
+    shrunk_to_the_cut_message(caught(&cmd, "disconnect", &["hang"]));
 }
 
 #[test]
@@ -866,6 +885,19 @@ fn a_concurrent_check_finds_what_a_one_at_a_time_check_finds_on_broken_servers()
     }
 }
 
+/// `--fail-fast` wants the first bug fast: one confirming replay unless `--confirm` says
+/// more (a hang's replay costs a whole liveness deadline).
+#[test]
+fn fail_fast_confirms_once_by_default() {
+    let cmd = format!("node {} {{port}} drops_empty", zoo("broken.js"));
+    let dir = tempfile::tempdir().unwrap();
+    let c = check_with(&cmd, 1, "split", dir.path(), &["--fail-fast"]);
+    assert_eq!(c.code, Some(1), "`{cmd}`:\n{}", c.out);
+    let reproduced = &c.report["findings"][0]["reproduced"];
+    assert_eq!(reproduced["attempts"], 1, "`{cmd}`:\n{}", c.out);
+    assert_eq!(reproduced["hits"], 1, "`{cmd}`:\n{}", c.out);
+}
+
 /// `replay --attempts N`: the count of attempts that reproduced it, as `reproduced k/N`.
 fn replayed(repro: &Path, attempts: u32) -> (Option<i32>, u32, String) {
     let n = attempts.to_string();
@@ -904,7 +936,13 @@ fn reproducers_replay_their_failure_twenty_times_out_of_twenty() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let c = check_with(&cmd, 1, faults, dir.path(), &["--fail-fast"]);
+        let c = check_with(
+            &cmd,
+            1,
+            faults,
+            dir.path(),
+            &["--fail-fast", "--confirm", "3"],
+        );
         assert_eq!(c.code, Some(1), "`{cmd}`:\n{}", c.out);
         let finding = &c.report["findings"][0];
         assert_eq!(finding["class"], class, "`{cmd}`:\n{}", c.out);

@@ -534,9 +534,12 @@ impl<'a> ProfileRun<'a> {
 
 /// Runs connections `lanes` at a time over their own connections to `live`'s address
 /// until one fails, all are done, or the check stops. Passed cases are counted in
-/// `tally`; failed ones are left to the caller to run alone.
+/// `tally`; failed ones are left to the caller to run alone. A spawned server that
+/// exits ends the stretch at once: every case still in flight is failed and run again
+/// alone (waiting them out would cost each a whole liveness deadline of connecting to a
+/// server that is gone).
 async fn stretch(
-    live: &Target,
+    live: &mut Target,
     drive: &Drive<'_>,
     profile: &Profile,
     lanes: usize,
@@ -573,50 +576,67 @@ async fn stretch(
         }
     };
     let mut inflight = FuturesOrdered::new();
+    // The connections of `inflight`, in the same order.
+    let mut pending: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    // Whose failure ends the stretch, once one has failed.
+    let mut failed: Option<(Vec<u64>, FailureClass)> = None;
     loop {
-        while inflight.len() < lanes {
+        while failed.is_none() && inflight.len() < lanes {
             let Some(conn) = order.next() else {
                 break;
             };
             inflight.push_back(run(conn));
+            pending.push_back(conn);
         }
-        let next = match drive.stop {
-            Some(stop) => tokio::select! {
-                r = inflight.next() => r,
-                () = stop.stopped() => return Stretch::Stopped,
-            },
-            None => inflight.next().await,
+        let next = tokio::select! {
+            r = inflight.next() => r,
+            () = stopped(drive) => return Stretch::Stopped,
+            () = exited(live) => {
+                let mut again = failed.map(|(again, _)| again).unwrap_or_default();
+                again.extend(pending);
+                return Stretch::Failed(again, FailureClass::ServerDied);
+            }
         };
         let Some((case, result)) = next else {
-            return Stretch::Done;
-        };
-        let Some(f) = &result.failure else {
-            tally.count(&case, &result);
-            tally.unreachable_streak = 0;
-            progress.tick(&tally.row);
-            continue;
-        };
-        // The others in flight finish first (dropping them would cut their streams
-        // mid-frame: a fault of our making); those that fail too run again alone after
-        // this one, in their order.
-        let mut again = vec![case.conn];
-        loop {
-            let next = match drive.stop {
-                Some(stop) => tokio::select! {
-                    r = inflight.next() => r,
-                    () = stop.stopped() => return Stretch::Stopped,
-                },
-                None => inflight.next().await,
+            return match failed {
+                Some((again, class)) => Stretch::Failed(again, class),
+                None => Stretch::Done,
             };
-            let Some((other, r)) = next else { break };
-            if r.failure.is_some() {
-                again.push(other.conn);
-            } else {
-                tally.count(&other, &r);
+        };
+        pending.pop_front();
+        match (&result.failure, &mut failed) {
+            (None, _) => {
+                tally.count(&case, &result);
+                if failed.is_none() {
+                    tally.unreachable_streak = 0;
+                }
                 progress.tick(&tally.row);
             }
+            // The others in flight finish first (dropping them would cut their streams
+            // mid-frame: a fault of our making); those that fail too run again alone
+            // after this one, in their order.
+            (Some(f), None) => failed = Some((vec![case.conn], f.class)),
+            (Some(_), Some((again, _))) => again.push(case.conn),
         }
-        return Stretch::Failed(again, f.class);
+    }
+}
+
+/// Resolves when the check is stopped; never without a stop.
+async fn stopped(drive: &Drive<'_>) {
+    match drive.stop {
+        Some(stop) => stop.stopped().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once a spawned target has exited (polled: the child is owned by `live`);
+/// never for a target chopstick did not start.
+async fn exited(live: &mut Target) {
+    if !live.is_spawned() {
+        return std::future::pending().await;
+    }
+    while live.exited().is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -746,6 +766,7 @@ async fn confirm(
     let class = failure.class;
     let original = (case.messages.len(), case.plan.writes());
     let unshrunk = (case.clone(), result.clone());
+    let mut shrink_runs = None;
     let (mut small, mut small_result) = match drive.shrink {
         Some((runs, time)) => {
             let shrinking = shrink::shrink(
@@ -767,6 +788,7 @@ async fn confirm(
             match shrunk {
                 Some((c, r, runs)) => {
                     tracing::info!("shrunk {} in {runs} run(s)", class);
+                    shrink_runs = Some(runs);
                     (c, r)
                 }
                 None => (case, result),
@@ -841,6 +863,7 @@ async fn confirm(
         seen_end: small_result.seen.end,
         original_messages: original.0,
         original_writes: original.1,
+        shrink_runs,
         replay: String::new(),
         timeouts: Some(repro::Timeouts::of(drive.case)),
         reproduced,

@@ -41,6 +41,9 @@ pub struct Reproducer {
     /// Size before shrinking: messages and writes.
     pub original_messages: usize,
     pub original_writes: usize,
+    /// Runs the shrinker spent getting from there to here (absent: not shrunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrink_runs: Option<usize>,
     /// The command that runs this file again.
     pub replay: String,
     /// The check's patience, which replay keeps (absent: the defaults).

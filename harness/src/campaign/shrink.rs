@@ -4,7 +4,7 @@
 //! keep only the request the failure was seen at (and the one before it), drop
 //! messages (in halves, then one by one — the plan's cuts inside a dropped frame
 //! go with it and later cuts shift), merge adjacent writes (a cut removed, with the
-//! pauses at it), and drop pauses. A move is kept only if the case still fails with
+//! pauses at it) and drop pauses, all cuts and pauses at once first, then in halves. A move is kept only if the case still fails with
 //! the same class. Everything is bounded by a run budget and a wall-time budget
 //! ([`DEFAULT_TIME`] unless the caller says otherwise).
 
@@ -23,6 +23,9 @@ pub const SHRINK_MIN_PAUSE: std::time::Duration = std::time::Duration::from_mill
 /// Replays of a shrunk failure before its reproducer is written (`check --confirm`):
 /// enough to tell a steady failure from a flaky one without costing much.
 pub const DEFAULT_CONFIRM: usize = 3;
+/// Replays with `--fail-fast`, where the first bug is wanted in seconds: one replay
+/// still shows the shrunk case fails on its own, as `chopstick replay` will run it.
+pub const FAIL_FAST_CONFIRM: usize = 1;
 
 /// Wall time allowed while shrinking one failure: a hang costs a whole reply timeout
 /// per run, so the run budget alone does not bound it.
@@ -33,6 +36,10 @@ pub const DEFAULT_TIME: std::time::Duration = std::time::Duration::from_secs(20)
 /// to prove it over a whole reply timeout. A candidate that would have answered a
 /// little later still fails the same way on replay, which uses the full timeouts.
 pub const HANG_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long a shrink run listens for replies beyond those due, for classes that only
+/// the due replies decide (the check's own grace is 200 ms).
+pub const SHRINK_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A plan as events at stream offsets: easier to cut and splice than steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +152,49 @@ fn keep_only(case: &Case, config: &CaseConfig, keep: std::ops::Range<usize>) -> 
     Some(out)
 }
 
+/// One shrink run, logged (`-vv`): what was tried and how it ended.
+async fn attempt(target: &mut Target, config: &CaseConfig, candidate: &Case) -> CaseResult {
+    let started = std::time::Instant::now();
+    let r = run_case(target, config, candidate).await;
+    tracing::debug!(
+        "shrink: {} message(s), {} write(s): {} in {:?}",
+        candidate.messages.len(),
+        candidate.plan.writes(),
+        r.failure
+            .as_ref()
+            .map_or("passed".to_string(), |f| f.class.to_string()),
+        started.elapsed()
+    );
+    r
+}
+
+/// `events` without those at the indexes `gone`, and without the pauses at a removed
+/// cut: they only separated two writes that are now one.
+fn without_events(events: &[(usize, Event)], gone: &[usize]) -> Vec<(usize, Event)> {
+    let cuts_gone: Vec<usize> = gone
+        .iter()
+        .filter(|&&i| events[i].1 == Event::Cut)
+        .map(|&i| events[i].0)
+        .collect();
+    events
+        .iter()
+        .enumerate()
+        .filter(|(i, (pos, ev))| {
+            !gone.contains(i) && !(matches!(ev, Event::Pause(_)) && cuts_gone.contains(pos))
+        })
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+/// The message the plan's ending (close or reset) falls in, if it ends inside one.
+fn cut_in(case: &Case, config: &CaseConfig) -> Option<usize> {
+    let (_, layouts) = config.encode(case.conn, &case.messages).ok()?;
+    let at = to_events(&case.plan)
+        .into_iter()
+        .find_map(|(at, ev)| matches!(ev, Event::End(_)).then_some(at))?;
+    layouts.iter().position(|l| l.start < at && at < l.end)
+}
+
 /// Shrinks `case` (which failed with `class`); returns the smallest failing case found,
 /// its result, and the number of runs spent.
 pub async fn shrink(
@@ -163,16 +213,28 @@ pub async fn shrink(
         wide.timing.reply_timeout = wide.timing.reply_timeout.min(HANG_WAIT);
         wide.liveness = wide.liveness.min(HANG_WAIT);
     }
+    if matches!(
+        class,
+        FailureClass::Corrupted | FailureClass::Truncated | FailureClass::Lost | FailureClass::Hang
+    ) {
+        // Decided by the replies that were due: listening on for extra ones cannot make
+        // a candidate fail this way, only slower (a server that misparsed a length
+        // holds the connection open for the whole grace).
+        wide.timing.grace = wide.timing.grace.min(SHRINK_GRACE);
+    }
     let config = &wide;
     let mut best = (case, first);
     let mut runs = 0;
     let budget = move |runs: usize| runs < budget && started.elapsed() < time;
     let still_fails = |r: &CaseResult| r.failure.as_ref().is_some_and(|f| f.class == class);
 
-    // 0. Straight to the request the failure was seen at, alone and with the one
-    // before it (whose cut or leftover bytes may be what broke it): when that is the
-    // cause, one run does what the halving below takes a dozen for.
-    if let Some(i) = best.1.failure.as_ref().and_then(|f| f.message) {
+    // 0. Straight to the request the failure was seen at (or, for a failure seen at no
+    // request, such as a hang after a disconnect, the one the connection was cut in),
+    // alone and with the one before it (whose cut or leftover bytes may be what broke
+    // it): when that is the cause, one run does what the halving below takes a dozen
+    // for (each of them a liveness deadline and a restart, for a hang).
+    let seen_at = best.1.failure.as_ref().and_then(|f| f.message);
+    if let Some(i) = seen_at.or_else(|| cut_in(&best.0, config)) {
         let n = best.0.messages.len();
         for keep in [i..i + 1, i.saturating_sub(1)..i + 1] {
             if !budget(runs) || keep.end > n || keep.len() == n {
@@ -182,7 +244,7 @@ pub async fn shrink(
                 continue;
             };
             runs += 1;
-            let r = run_case(target, config, &candidate).await;
+            let r = attempt(target, config, &candidate).await;
             if still_fails(&r) {
                 best = (candidate, r);
                 break;
@@ -199,7 +261,7 @@ pub async fn shrink(
             let end = (start + chunk).min(best.0.messages.len());
             if let Some(candidate) = without(&best.0, config, start..end) {
                 runs += 1;
-                let r = run_case(target, config, &candidate).await;
+                let r = attempt(target, config, &candidate).await;
                 if still_fails(&r) {
                     best = (candidate, r);
                     progressed = true;
@@ -213,43 +275,53 @@ pub async fn shrink(
         }
     }
 
-    // 2. Fewer writes and pauses: drop one cut or pause event at a time.
+    // 2. Fewer writes and pauses: drop cut and pause events in chunks, all of them
+    // first, then halves, down to one at a time (a bug that needs one cut of a large
+    // body's hundred is found in a few runs, each cheaper than the last, instead of a
+    // hundred runs at full length).
     let len = config
         .encode(best.0.conn, &best.0.messages)
         .map_or(0, |(s, _)| s.len());
-    let mut i = 0;
-    while budget(runs) {
-        let events = to_events(&best.0.plan);
-        if i >= events.len() {
-            break;
+    let removable = |events: &[(usize, Event)]| -> Vec<usize> {
+        (0..events.len())
+            .filter(|&i| match events[i].1 {
+                Event::End(_) => false,
+                Event::Cut => events[i].0 < len,
+                Event::Pause(_) => true,
+            })
+            .collect()
+    };
+    let mut chunk = removable(&to_events(&best.0.plan)).len();
+    while chunk >= 1 && budget(runs) {
+        let mut start = 0;
+        let mut progressed = false;
+        loop {
+            let events = to_events(&best.0.plan);
+            let idx = removable(&events);
+            if start >= idx.len() || !budget(runs) {
+                break;
+            }
+            let gone = &idx[start..(start + chunk).min(idx.len())];
+            let candidate = Case {
+                conn: best.0.conn,
+                messages: best.0.messages.clone(),
+                plan: from_events(&without_events(&events, gone), len),
+            };
+            if candidate.plan == best.0.plan {
+                start += chunk;
+                continue;
+            }
+            runs += 1;
+            let r = attempt(target, config, &candidate).await;
+            if still_fails(&r) {
+                best = (candidate, r);
+                progressed = true; // same start: the next events slid into place
+            } else {
+                start += chunk;
+            }
         }
-        if matches!(events[i].1, Event::End(_)) || (events[i].1 == Event::Cut && events[i].0 >= len)
-        {
-            i += 1;
-            continue;
-        }
-        let mut fewer = events.clone();
-        let removed = fewer.remove(i);
-        if removed.1 == Event::Cut {
-            // Pauses at a removed cut only separated two writes that are now one.
-            let at = removed.0;
-            fewer.retain(|(pos, ev)| !(*pos == at && matches!(ev, Event::Pause(_))));
-        }
-        let candidate = Case {
-            conn: best.0.conn,
-            messages: best.0.messages.clone(),
-            plan: from_events(&fewer, len),
-        };
-        if candidate.plan == best.0.plan {
-            i += 1;
-            continue;
-        }
-        runs += 1;
-        let r = run_case(target, config, &candidate).await;
-        if still_fails(&r) {
-            best = (candidate, r);
-        } else {
-            i += 1;
+        if !progressed {
+            chunk /= 2;
         }
     }
     (best.0, best.1, runs)
@@ -268,6 +340,55 @@ mod tests {
             from_events(&to_events(&open), 10).to_string(),
             "w3 p10 w4 w3"
         );
+    }
+
+    #[test]
+    fn removing_a_chunk_of_cuts_takes_their_pauses_and_keeps_the_rest() {
+        let plan: Plan = "w2 p1 w5 p3 w5 p1 w1 close".parse().unwrap();
+        let events = to_events(&plan);
+        // Events: cut@2 p1@2 cut@7 p3@7 cut@12 p1@12 end@13. All cuts at once:
+        let cuts: Vec<usize> = (0..events.len())
+            .filter(|&i| events[i].1 == Event::Cut)
+            .collect();
+        let one_write = from_events(&without_events(&events, &cuts), 13);
+        assert_eq!(one_write.to_string(), "w13 close");
+        // The first half of them: the second write boundary's pause survives.
+        let half = from_events(&without_events(&events, &cuts[..2]), 13);
+        assert_eq!(half.to_string(), "w12 p1 w1 close");
+        // A pause alone, its cut kept.
+        let no_pause = from_events(&without_events(&events, &[3]), 13);
+        assert_eq!(no_pause.to_string(), "w2 p1 w5 w5 p1 w1 close");
+    }
+
+    #[test]
+    fn a_plan_ending_inside_a_message_names_that_message() {
+        let config = CaseConfig {
+            framing: "u32be".parse().unwrap(),
+            reply_framing: None,
+            oracle: crate::oracle::parse("echo").unwrap(),
+            mode: crate::workload::Mode::Pipelined,
+            half_close: true,
+            timing: crate::campaign::Timing::default(),
+            liveness: std::time::Duration::from_secs(1),
+        };
+        let messages: Vec<Bytes> = [&b"ab"[..], b"cdef", b"g"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect();
+        // u32be frames: [0,6) [6,14) [14,19).
+        let cut = |plan: &str| {
+            let case = Case {
+                conn: 0,
+                messages: messages.clone(),
+                plan: plan.parse().unwrap(),
+            };
+            cut_in(&case, &config)
+        };
+        assert_eq!(cut("w9 close"), Some(1));
+        assert_eq!(cut("w2 reset"), Some(0));
+        // At a frame edge, or with no ending: no message was cut.
+        assert_eq!(cut("w6 close"), None);
+        assert_eq!(cut("w19"), None);
     }
 
     #[test]

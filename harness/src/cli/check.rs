@@ -97,8 +97,10 @@ pub struct CheckArgs {
     concurrency: Concurrency,
     /// Replays of each shrunk failure before its reproducer is written; the report and
     /// the reproducer say how many reproduced it (`3/3`, or `1/3 (flaky)`). 0: none.
-    #[arg(long, default_value_t = chopstick::campaign::shrink::DEFAULT_CONFIRM, conflicts_with = "udp")]
-    confirm: usize,
+    /// Default: 3, or 1 with --fail-fast (the first bug fast; a hang costs a whole
+    /// --liveness deadline per replay).
+    #[arg(long, conflicts_with = "udp")]
+    confirm: Option<usize>,
     #[command(flatten)]
     campaign: CampaignArgs,
 }
@@ -309,7 +311,11 @@ pub async fn exec(args: CheckArgs) -> Result<ExitCode> {
         shard: args.shard,
         hostile,
         concurrency: args.concurrency,
-        confirm: args.confirm,
+        confirm: args.confirm.unwrap_or(if args.fail_fast {
+            chopstick::campaign::shrink::FAIL_FAST_CONFIRM
+        } else {
+            chopstick::campaign::shrink::DEFAULT_CONFIRM
+        }),
     };
     let mut report = Report::new(seed);
     let stop = Stop::new();
