@@ -135,6 +135,7 @@ async fn replay_passes_against_spawned(kind: TargetKind) {
             seen_end: chopstick::campaign::End::Eof,
             original_messages: case.messages.len(),
             original_writes: case.plan.writes(),
+            shrink_runs: None,
             replay: String::new(),
             timeouts: None,
             reproduced: None,
