@@ -180,7 +180,8 @@ fn without_events(events: &[(usize, Event)], gone: &[usize]) -> Vec<(usize, Even
         .iter()
         .enumerate()
         .filter(|(i, (pos, ev))| {
-            !gone.contains(i) && !(matches!(ev, Event::Pause(_)) && cuts_gone.contains(pos))
+            let paused_at_a_gone_cut = matches!(ev, Event::Pause(_)) && cuts_gone.contains(pos);
+            !(gone.contains(i) || paused_at_a_gone_cut)
         })
         .map(|(_, e)| e.clone())
         .collect()
