@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chopstick::proxy::api::{ApiHandle, ApiSettings};
-use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -153,20 +154,76 @@ where
 }
 
 /// What one iteration of a row does.
-#[derive(Clone, Copy)]
-enum Exchange<'a> {
+#[derive(Clone)]
+enum Exchange {
     /// `bulk_once` of these bytes.
-    Bulk(&'a [u8]),
+    Bulk(Arc<Vec<u8>>),
     /// One 64-byte round trip.
     Ping,
 }
 
-impl Exchange<'_> {
-    async fn once(self, s: &mut TcpStream) -> std::io::Result<()> {
+impl Exchange {
+    async fn once(&self, s: &mut TcpStream) -> std::io::Result<()> {
         match self {
             Exchange::Bulk(data) => benches::bulk_once(s, data).await,
             Exchange::Ping => benches::ping_once(s, &[7u8; 64], &mut [0u8; 64]).await,
         }
+    }
+
+    /// How many make one probe under churn: enough to meet a toxic change.
+    fn per_probe(&self) -> usize {
+        match self {
+            Exchange::Bulk(_) => 1,
+            Exchange::Ping => 100,
+        }
+    }
+}
+
+/// One benchmark per row of `proxy` (its churn rows probed first), each iteration an
+/// `exchange` on the row's persistent connection.
+fn bench_rows(
+    rt: &Arc<tokio::runtime::Runtime>,
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rows: &[Row],
+    proxy: &'static str,
+    exchange: Exchange,
+) {
+    for row in rows {
+        if let Some(api) = row.churn {
+            let probe = |mut s: TcpStream| {
+                let exchange = exchange.clone();
+                async move {
+                    for _ in 0..exchange.per_probe() {
+                        exchange.once(&mut s).await?;
+                    }
+                    Ok(())
+                }
+            };
+            if !survives_churn(rt, &row.name, (row.addr, api), proxy, "downstream", probe) {
+                continue;
+            }
+        }
+        let conn = Arc::new(tokio::sync::Mutex::new(
+            rt.block_on(benches::connect(row.addr)),
+        ));
+        let churn_on = row.churn;
+        let stalled = Arc::new(AtomicBool::new(false));
+        group.bench_function(&row.name, |b| {
+            b.iter_custom(|iters| {
+                let (conn, exchange) = (conn.clone(), exchange.clone());
+                let (row_name, stalled) = (row.name.clone(), stalled.clone());
+                rt.block_on(rt.spawn(async move {
+                    let churning = churn_on.map(|api| Churn::start(api.addr, proxy, "downstream"));
+                    let mut s = conn.lock().await;
+                    let took = timed(&row_name, iters, &stalled, &mut s, &exchange).await;
+                    if let Some(c) = churning {
+                        c.stop().await;
+                    }
+                    took
+                }))
+                .expect("client task")
+            })
+        });
     }
 }
 
@@ -180,7 +237,7 @@ async fn timed(
     iters: u64,
     stalled: &AtomicBool,
     s: &mut TcpStream,
-    exchange: Exchange<'_>,
+    exchange: &Exchange,
 ) -> Duration {
     let stall_cost = |n: u64| PROBE_TIMEOUT.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
     if stalled.load(Ordering::Relaxed) {
@@ -285,78 +342,14 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Bytes(data.len() as u64));
-    for row in &bulk {
-        if let Some(api) = row.churn {
-            let data = data.clone();
-            let probe = |mut s: TcpStream| async move { benches::bulk_once(&mut s, &data).await };
-            if !survives_churn(&rt, &row.name, (row.addr, api), "bulk", "downstream", probe) {
-                continue;
-            }
-        }
-        let conn = Arc::new(tokio::sync::Mutex::new(
-            rt.block_on(benches::connect(row.addr)),
-        ));
-        let churn_on = row.churn;
-        let stalled = Arc::new(AtomicBool::new(false));
-        group.bench_function(&row.name, |b| {
-            b.iter_custom(|iters| {
-                let (data, conn) = (data.clone(), conn.clone());
-                let (row_name, stalled) = (row.name.clone(), stalled.clone());
-                rt.block_on(rt.spawn(async move {
-                    let churning = churn_on.map(|api| Churn::start(api.addr, "bulk", "downstream"));
-                    let mut s = conn.lock().await;
-                    let took =
-                        timed(&row_name, iters, &stalled, &mut s, Exchange::Bulk(&data)).await;
-                    if let Some(c) = churning {
-                        c.stop().await;
-                    }
-                    took
-                }))
-                .expect("client task")
-            })
-        });
-    }
+    bench_rows(&rt, &mut group, &bulk, "bulk", Exchange::Bulk(data));
     group.finish();
 
     let mut group = c.benchmark_group("proxy_api_pingpong");
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
     group.sample_size(30);
-    for row in &ping {
-        if let Some(api) = row.churn {
-            let probe = |mut s: TcpStream| async move {
-                let mut back = [0u8; 64];
-                for _ in 0..100 {
-                    benches::ping_once(&mut s, &[7u8; 64], &mut back).await?;
-                }
-                Ok(())
-            };
-            if !survives_churn(&rt, &row.name, (row.addr, api), "ping", "downstream", probe) {
-                continue;
-            }
-        }
-        let conn = Arc::new(tokio::sync::Mutex::new(
-            rt.block_on(benches::connect(row.addr)),
-        ));
-        let churn_on = row.churn;
-        let stalled = Arc::new(AtomicBool::new(false));
-        group.bench_function(&row.name, |b| {
-            b.iter_custom(|iters| {
-                let conn = conn.clone();
-                let (row_name, stalled) = (row.name.clone(), stalled.clone());
-                rt.block_on(rt.spawn(async move {
-                    let churning = churn_on.map(|api| Churn::start(api.addr, "ping", "downstream"));
-                    let mut s = conn.lock().await;
-                    let took = timed(&row_name, iters, &stalled, &mut s, Exchange::Ping).await;
-                    if let Some(c) = churning {
-                        c.stop().await;
-                    }
-                    took
-                }))
-                .expect("client task")
-            })
-        });
-    }
+    bench_rows(&rt, &mut group, &ping, "ping", Exchange::Ping);
     group.finish();
 
     let mut group = c.benchmark_group("proxy_api_toxic_change");

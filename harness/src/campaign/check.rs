@@ -589,6 +589,8 @@ async fn stretch(
             pending.push_back(conn);
         }
         let next = tokio::select! {
+            // Results that are in are counted before a stop or a death is noticed.
+            biased;
             r = inflight.next() => r,
             () = stopped(drive) => return Stretch::Stopped,
             () = exited(live) => {
@@ -629,6 +631,14 @@ async fn stopped(drive: &Drive<'_>) {
     }
 }
 
+/// `work`'s output, or `None` if the check is stopped first (`work` is dropped).
+async fn or_stop<T>(drive: &Drive<'_>, work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = work => Some(r),
+        () = stopped(drive) => None,
+    }
+}
+
 /// Resolves once a spawned target has exited (polled: the child is owned by `live`);
 /// never for a target chopstick did not start.
 async fn exited(live: &mut Target) {
@@ -660,12 +670,8 @@ async fn alone(
         drive.seed,
         conn,
     );
-    let result = match drive.stop {
-        Some(stop) => tokio::select! {
-            r = run_case(live, drive.case, &case) => r,
-            () = stop.stopped() => return ControlFlow::Break(()),
-        },
-        None => run_case(live, drive.case, &case).await,
+    let Some(result) = or_stop(drive, run_case(live, drive.case, &case)).await else {
+        return ControlFlow::Break(());
     };
     tally.count(&case, &result);
     let Some(failure) = result.failure.clone() else {
@@ -778,13 +784,7 @@ async fn confirm(
                 runs,
                 time,
             );
-            let shrunk = match drive.stop {
-                Some(stop) => tokio::select! {
-                    r = shrinking => Some(r),
-                    () = stop.stopped() => None,
-                },
-                None => Some(shrinking.await),
-            };
+            let shrunk = or_stop(drive, shrinking).await;
             match shrunk {
                 Some((c, r, runs)) => {
                     tracing::info!("shrunk {} in {runs} run(s)", class);
@@ -805,14 +805,9 @@ async fn confirm(
         for candidate in tries {
             let replay = repro::replay_config(drive.case, drive.case.timing, &candidate);
             let again = repro::run_again(live, &replay, &candidate, class, drive.confirm);
-            let again = match drive.stop {
-                Some(stop) => tokio::select! {
-                    a = again => Some(a),
-                    () = stop.stopped() => None,
-                },
-                None => Some(again.await),
+            let Some(again) = or_stop(drive, again).await else {
+                break;
             };
-            let Some(again) = again else { break };
             let hits = again.reproduced.hits;
             if candidate != small {
                 // The shrunk case never failed again: the unshrunk one stands in if

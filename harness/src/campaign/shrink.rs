@@ -4,7 +4,8 @@
 //! keep only the request the failure was seen at (and the one before it), drop
 //! messages (in halves, then one by one — the plan's cuts inside a dropped frame
 //! go with it and later cuts shift), merge adjacent writes (a cut removed, with the
-//! pauses at it) and drop pauses, all cuts and pauses at once first, then in halves. A move is kept only if the case still fails with
+//! pauses at it) and drop pauses, all cuts and pauses at once first, then in halves.
+//! A move is kept only if the case still fails with
 //! the same class. Everything is bounded by a run budget and a wall-time budget
 //! ([`DEFAULT_TIME`] unless the caller says otherwise).
 
@@ -152,22 +153,6 @@ fn keep_only(case: &Case, config: &CaseConfig, keep: std::ops::Range<usize>) -> 
     Some(out)
 }
 
-/// One shrink run, logged (`-vv`): what was tried and how it ended.
-async fn attempt(target: &mut Target, config: &CaseConfig, candidate: &Case) -> CaseResult {
-    let started = std::time::Instant::now();
-    let r = run_case(target, config, candidate).await;
-    tracing::debug!(
-        "shrink: {} message(s), {} write(s): {} in {:?}",
-        candidate.messages.len(),
-        candidate.plan.writes(),
-        r.failure
-            .as_ref()
-            .map_or("passed".to_string(), |f| f.class.to_string()),
-        started.elapsed()
-    );
-    r
-}
-
 /// `events` without those at the indexes `gone`, and without the pauses at a removed
 /// cut: they only separated two writes that are now one.
 fn without_events(events: &[(usize, Event)], gone: &[usize]) -> Vec<(usize, Event)> {
@@ -224,10 +209,15 @@ pub async fn shrink(
         wide.timing.grace = wide.timing.grace.min(SHRINK_GRACE);
     }
     let config = &wide;
+    let mut run = Runner {
+        target,
+        config,
+        class,
+        runs: 0,
+        budget,
+        until: started + time,
+    };
     let mut best = (case, first);
-    let mut runs = 0;
-    let budget = move |runs: usize| runs < budget && started.elapsed() < time;
-    let still_fails = |r: &CaseResult| r.failure.as_ref().is_some_and(|f| f.class == class);
 
     // 0. Straight to the request the failure was seen at (or, for a failure seen at no
     // request, such as a hang after a disconnect, the one the connection was cut in),
@@ -238,48 +228,34 @@ pub async fn shrink(
     if let Some(i) = seen_at.or_else(|| cut_in(&best.0, config)) {
         let n = best.0.messages.len();
         for keep in [i..i + 1, i.saturating_sub(1)..i + 1] {
-            if !budget(runs) || keep.end > n || keep.len() == n {
+            if !run.has_budget() || keep.end > n || keep.len() == n {
                 continue;
             }
             let Some(candidate) = keep_only(&best.0, config, keep) else {
                 continue;
             };
-            runs += 1;
-            let r = attempt(target, config, &candidate).await;
-            if still_fails(&r) {
+            if let Some(r) = run.fails(&candidate).await {
                 best = (candidate, r);
                 break;
             }
         }
     }
 
-    // 1. Fewer messages: try dropping chunks, from half the messages down to one.
-    let mut chunk = best.0.messages.len().div_ceil(2);
-    while chunk >= 1 && budget(runs) {
-        let mut start = 0;
-        let mut progressed = false;
-        while start < best.0.messages.len() && budget(runs) {
-            let end = (start + chunk).min(best.0.messages.len());
-            if let Some(candidate) = without(&best.0, config, start..end) {
-                runs += 1;
-                let r = attempt(target, config, &candidate).await;
-                if still_fails(&r) {
-                    best = (candidate, r);
-                    progressed = true;
-                    continue; // same start: the next chunk slid into place
-                }
-            }
-            start = end;
-        }
-        if !progressed {
-            chunk /= 2;
-        }
-    }
+    // 1. Fewer messages: drop chunks of them, from half the messages down to one.
+    let first_chunk = best.0.messages.len().div_ceil(2);
+    drop_chunks(
+        &mut run,
+        &mut best,
+        first_chunk,
+        |case| case.messages.len(),
+        |case, range| without(case, config, range),
+    )
+    .await;
 
-    // 2. Fewer writes and pauses: drop cut and pause events in chunks, all of them
-    // first, then halves, down to one at a time (a bug that needs one cut of a large
-    // body's hundred is found in a few runs, each cheaper than the last, instead of a
-    // hundred runs at full length).
+    // 2. Fewer writes and pauses: drop cut and pause events, all of them first, then
+    // halves, down to one at a time (a bug that needs one cut of a large body's hundred
+    // is found in a few runs, each cheaper than the last, instead of a hundred runs at
+    // full length).
     let len = config
         .encode(best.0.conn, &best.0.messages)
         .map_or(0, |(s, _)| s.len());
@@ -292,40 +268,93 @@ pub async fn shrink(
             })
             .collect()
     };
-    let mut chunk = removable(&to_events(&best.0.plan)).len();
-    while chunk >= 1 && budget(runs) {
+    let first_chunk = removable(&to_events(&best.0.plan)).len();
+    drop_chunks(
+        &mut run,
+        &mut best,
+        first_chunk,
+        |case| removable(&to_events(&case.plan)).len(),
+        |case, range| {
+            let events = to_events(&case.plan);
+            let gone = &removable(&events)[range];
+            let plan = from_events(&without_events(&events, gone), len);
+            (plan != case.plan).then(|| Case {
+                conn: case.conn,
+                messages: case.messages.clone(),
+                plan,
+            })
+        },
+    )
+    .await;
+    (best.0, best.1, run.runs)
+}
+
+/// Runs candidates against the target within the shrink's budgets.
+struct Runner<'a> {
+    target: &'a mut Target,
+    config: &'a CaseConfig,
+    class: FailureClass,
+    runs: usize,
+    budget: usize,
+    until: std::time::Instant,
+}
+
+impl Runner<'_> {
+    fn has_budget(&self) -> bool {
+        self.runs < self.budget && std::time::Instant::now() < self.until
+    }
+
+    /// Runs `candidate` once (logged, `-vv`); its result if it fails the same way.
+    async fn fails(&mut self, candidate: &Case) -> Option<CaseResult> {
+        self.runs += 1;
+        let started = std::time::Instant::now();
+        let r = run_case(self.target, self.config, candidate).await;
+        tracing::debug!(
+            "shrink: {} message(s), {} write(s): {} in {:?}",
+            candidate.messages.len(),
+            candidate.plan.writes(),
+            r.failure
+                .as_ref()
+                .map_or("passed".to_string(), |f| f.class.to_string()),
+            started.elapsed()
+        );
+        r.failure
+            .as_ref()
+            .is_some_and(|f| f.class == self.class)
+            .then_some(r)
+    }
+}
+
+/// Removes chunks of the `count(case)` items of the best case (messages, or plan
+/// events) with `remove`, which gives the candidate without the items in a range (or
+/// `None` if there is no such case): chunks of `first` items, then halves, down to one;
+/// a candidate that still fails is kept and the next chunk tried at the same place.
+async fn drop_chunks(
+    run: &mut Runner<'_>,
+    best: &mut (Case, CaseResult),
+    first: usize,
+    count: impl Fn(&Case) -> usize,
+    remove: impl Fn(&Case, std::ops::Range<usize>) -> Option<Case>,
+) {
+    let mut chunk = first;
+    while chunk >= 1 && run.has_budget() {
         let mut start = 0;
         let mut progressed = false;
-        loop {
-            let events = to_events(&best.0.plan);
-            let idx = removable(&events);
-            if start >= idx.len() || !budget(runs) {
-                break;
+        while start < count(&best.0) && run.has_budget() {
+            let end = (start + chunk).min(count(&best.0));
+            if let Some(candidate) = remove(&best.0, start..end) {
+                if let Some(r) = run.fails(&candidate).await {
+                    *best = (candidate, r);
+                    progressed = true;
+                    continue; // same start: the next chunk slid into place
+                }
             }
-            let gone = &idx[start..(start + chunk).min(idx.len())];
-            let candidate = Case {
-                conn: best.0.conn,
-                messages: best.0.messages.clone(),
-                plan: from_events(&without_events(&events, gone), len),
-            };
-            if candidate.plan == best.0.plan {
-                start += chunk;
-                continue;
-            }
-            runs += 1;
-            let r = attempt(target, config, &candidate).await;
-            if still_fails(&r) {
-                best = (candidate, r);
-                progressed = true; // same start: the next events slid into place
-            } else {
-                start += chunk;
-            }
+            start = end;
         }
         if !progressed {
             chunk /= 2;
         }
     }
-    (best.0, best.1, runs)
 }
 
 #[cfg(test)]
