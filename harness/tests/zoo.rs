@@ -898,6 +898,36 @@ fn fail_fast_confirms_once_by_default() {
     assert_eq!(reproduced["hits"], 1, "`{cmd}`:\n{}", c.out);
 }
 
+/// `--fail-fast` scouts the profiles whose first cases write quickest first: a bug only
+/// a cut shows is found before any paced split runs. The order follows from the seed's
+/// plans, so it is the same on any machine and at any concurrency.
+#[test]
+fn fail_fast_scouts_the_quickest_profiles_first() {
+    let cmd = format!("python3 {} {{port}} spins_on_eof", zoo("broken.py"));
+    let dir = tempfile::tempdir().unwrap();
+    let c = check_with(
+        &cmd,
+        1,
+        "split,boundary,disconnect",
+        dir.path(),
+        &["--fail-fast"],
+    );
+    assert_eq!(c.code, Some(1), "`{cmd}`:\n{}", c.out);
+    assert_eq!(c.report["findings"][0]["class"], "hang", "{}", c.out);
+    let begun: Vec<&str> = c.report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["fault"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        begun,
+        ["disconnect"],
+        "only the cut ran before the hang:\n{}",
+        c.out
+    );
+}
+
 /// `replay --attempts N`: the count of attempts that reproduced it, as `reproduced k/N`.
 fn replayed(repro: &Path, attempts: u32) -> (Option<i32>, u32, String) {
     let n = attempts.to_string();

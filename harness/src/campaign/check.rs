@@ -266,20 +266,22 @@ pub async fn check_until(
             .iter()
             .map(|p| ProfileRun::new(&drive, p))
             .collect();
-        let mut started = 0;
         if config.fail_fast && runs.len() > 1 {
             // A bug that only one fault shows (a cut mid-frame) is found after a few
-            // cases, not after every case of the profiles before it.
-            for run in &mut runs {
+            // cases, not after every case of the profiles before it; the quickest
+            // profiles' scouts go first (a coalesced write before a paced split).
+            let mut scouts: Vec<usize> = (0..runs.len()).collect();
+            scouts.sort_by_cached_key(|&i| runs[i].next_case_us(&drive));
+            for i in scouts {
                 if stop.is_stopped() {
                     break;
                 }
-                run.advance(&mut target, &drive, Some(SCOUT_CASES), progress, report)
+                runs[i]
+                    .advance(&mut target, &drive, Some(SCOUT_CASES), progress, report)
                     .await;
-                started += 1;
             }
         }
-        for (i, run) in runs.iter_mut().enumerate() {
+        for run in &mut runs {
             if stop.is_stopped() {
                 break;
             }
@@ -287,9 +289,8 @@ pub async fn check_until(
                 run.advance(&mut target, &drive, None, progress, report)
                     .await;
             }
-            started = started.max(i + 1);
         }
-        for run in runs.into_iter().take(started) {
+        for run in runs.into_iter().filter(|r| r.begun) {
             report.rows.push(run.finish());
         }
         if config.hostile && !stop.is_stopped() && config.shard.is_none_or(|s| s.index == 0) {
@@ -430,6 +431,8 @@ pub struct ProfileRun<'a> {
     spent: Duration,
     /// The target is gone for good: nothing more to run.
     gave_up: bool,
+    /// Whether it has run (or tried to run) a connection: only those get a row.
+    begun: bool,
 }
 
 impl<'a> ProfileRun<'a> {
@@ -450,7 +453,26 @@ impl<'a> ProfileRun<'a> {
             order: order.peekable(),
             spent: Duration::ZERO,
             gave_up: false,
+            begun: false,
         }
+    }
+
+    /// What the next connection's writing costs in wall time, in microseconds: its
+    /// pauses and stalls, and the least gap between writes (`u64::MAX` when none is
+    /// left). The same for a seed at any concurrency.
+    pub fn next_case_us(&mut self, drive: &Drive<'_>) -> u64 {
+        let Some(&conn) = self.order.peek() else {
+            return u64::MAX;
+        };
+        let case = draw_case(
+            drive.case,
+            drive.workload,
+            &self.profile.faults,
+            drive.seed,
+            conn,
+        );
+        let gap = drive.case.timing.min_pause.as_micros() as u64;
+        case.plan.pause_us() + case.plan.writes() as u64 * gap
     }
 
     /// Whether every connection has run (or the target is gone).
@@ -469,6 +491,7 @@ impl<'a> ProfileRun<'a> {
         report: &mut Report,
     ) {
         let started = Instant::now();
+        self.begun = true;
         let stopped = || drive.stop.is_some_and(Stop::is_stopped);
         let lanes = if super::concurrency::supports_lanes(live) {
             drive.concurrency.max(1)

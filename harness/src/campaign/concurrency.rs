@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 
+use super::stuck::Watch;
 use super::{open_fresh, CaseConfig, Target, TargetSpec};
 use crate::oracle::PROBE_CONN;
 
@@ -33,6 +34,11 @@ pub const MAX_CONCURRENCY: usize = 64;
 /// How long the probe's fresh connection may take to be served while the others are
 /// open. Generous for a loopback round trip; a slower answer means "one at a time".
 pub const PROBE_WAIT: Duration = Duration::from_secs(1);
+/// How long connections may sit in the server's accept queue, never taken, before the
+/// probe stops waiting and says "one at a time" ([`super::stuck`]): a server that
+/// serves clients concurrently takes a new one off the queue in well under a
+/// millisecond, and one that misses this on a busy machine is only checked more slowly.
+pub const ACCEPT_STALL: Duration = Duration::from_millis(150);
 
 /// `--concurrency`: a number of connections, or `auto` (probe, then
 /// [`AUTO_CONCURRENCY`] or 1).
@@ -155,11 +161,20 @@ pub async fn probe(
     };
     let written = tokio::time::timeout(PROBE_WAIT, sock.write_all(&request)).await;
     let mut replies = FramedRead::new(sock, config.oracle.reply_codec(config.reply_framing()));
-    let served = matches!(written, Ok(Ok(())))
-        && matches!(
-            tokio::time::timeout(PROBE_WAIT, replies.next()).await,
-            Ok(Some(Ok(_)))
-        );
+    let mut unaccepted = None;
+    let served = matches!(written, Ok(Ok(()))) && {
+        let reply = tokio::time::timeout(PROBE_WAIT, replies.next());
+        match Watch::new(target) {
+            Some(mut watch) => tokio::select! {
+                r = reply => matches!(r, Ok(Some(Ok(_)))),
+                queued = watch.not_accepting(ACCEPT_STALL) => {
+                    unaccepted = Some(queued);
+                    false
+                }
+            },
+            None => matches!(reply.await, Ok(Some(Ok(_)))),
+        }
+    };
     // Let a server that serves clients in turn finish with the idle ones, then with
     // the probe, before its connection goes: it then sees only clean ends.
     drop(idle);
@@ -176,9 +191,13 @@ pub async fn probe(
             ),
         }
     } else {
+        let seen = match unaccepted {
+            Some(queued) => format!("sat unaccepted for {queued:.1?}"),
+            None => format!("was not served within {PROBE_WAIT:?}"),
+        };
         one(format!(
-            "probe: a connection was not served within {PROBE_WAIT:?} while {} other(s) were open \
-             (the server serves one client at a time)",
+            "probe: a connection {seen} while {} other(s) were open (the server serves one \
+             client at a time)",
             want - 1
         ))
     }

@@ -34,6 +34,7 @@ pub mod process;
 pub mod repro;
 pub mod run;
 pub mod shrink;
+pub(crate) mod stuck;
 pub mod target;
 
 use std::sync::Arc;
@@ -495,15 +496,29 @@ pub async fn liveness(
                     fin: probe.fin,
                     ..Exchange::new(1, timing)
                 };
-                let d = drive::drive(
+                let driven = drive::drive(
                     sock,
                     config.oracle.reply_codec(config.reply_framing()),
                     stream.clone(),
                     &layouts,
                     &plan,
                     &exchange,
-                )
-                .await;
+                );
+                // A server seen spinning will not serve it either: no need to wait
+                // out the deadline ([`stuck`]).
+                let d = match stuck::Watch::new(target) {
+                    Some(mut watch) => tokio::select! {
+                        d = driven => d,
+                        seen = watch.spinning() => {
+                            return Err(Failure::new(
+                                FailureClass::Hang,
+                                None,
+                                format!("after the fault, a fresh connection was not served: {seen}"),
+                            ));
+                        }
+                    },
+                    None => driven.await,
+                };
                 return match (&probe.reply, d.seen.replies.first()) {
                     (Some(want), Some(got)) if want == got => Ok(()),
                     (None, Some(_)) => Ok(()),

@@ -50,7 +50,7 @@ pub(crate) fn tail_lines(bytes: &[u8]) -> String {
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
 }
 
-/// Most processes [`owns_connection`] looks through (the client and its descendants).
+/// Most processes [`process_tree`] lists (a started process and its descendants).
 const MAX_TREE: usize = 64;
 
 /// Whether the loopback IPv4 connection from `peer` to `local` is held by process `pid`
@@ -78,23 +78,26 @@ pub fn owns_connection(pid: u32, local: SocketAddr, peer: SocketAddr) -> Option<
         (f.len() > 9 && f[1] == theirs && f[2] == ours).then(|| f[9].to_string())
     })?;
     let socket = format!("socket:[{inode}]");
-    let mut todo = vec![pid];
-    let mut seen = 0;
-    while let Some(p) = todo.pop() {
-        seen += 1;
-        if seen > MAX_TREE {
-            return None;
-        }
-        let holds = std::fs::read_dir(format!("/proc/{p}/fd"))
+    let holds = |p: u32| {
+        std::fs::read_dir(format!("/proc/{p}/fd"))
             .into_iter()
             .flatten()
             .flatten()
-            .any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str())
-            });
-        if holds {
-            return Some(true);
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str()))
+    };
+    Some(process_tree(pid)?.into_iter().any(holds))
+}
+
+/// `pid` and its descendants (at most [`MAX_TREE`]), from `/proc/PID/task/*/children`;
+/// `None` if the tree is larger. A process that exits meanwhile is simply missing.
+pub fn process_tree(pid: u32) -> Option<Vec<u32>> {
+    let mut tree = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        if tree.len() == MAX_TREE {
+            return None;
         }
+        tree.push(p);
         for task in std::fs::read_dir(format!("/proc/{p}/task"))
             .into_iter()
             .flatten()
@@ -108,7 +111,7 @@ pub fn owns_connection(pid: u32, local: SocketAddr, peer: SocketAddr) -> Option<
             }
         }
     }
-    Some(false)
+    Some(tree)
 }
 
 #[cfg(test)]

@@ -25,6 +25,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 RUN_DEADLINE = 600  # seconds; a run that takes longer is reported as a timeout
+# The interpreter itself, not a version manager's shim: pyenv's `python3` is a bash
+# script that costs ~90 ms per start here, and a check restarts a broken server for
+# every failing run it shrinks or confirms. That is the machine's cost, not chopstick's.
+PY = sys.executable
 
 
 def z(name):
@@ -33,28 +37,28 @@ def z(name):
 
 # (name, spawn command, extra check arguments)
 BROKEN = [
-    ("broken.py single_read_header", f"python3 {z('broken.py')} {{port}} single_read_header", []),
-    ("broken.py single_read_body", f"python3 {z('broken.py')} {{port}} single_read_body", []),
+    ("broken.py single_read_header", f"{PY} {z('broken.py')} {{port}} single_read_header", []),
+    ("broken.py single_read_body", f"{PY} {z('broken.py')} {{port}} single_read_body", []),
     ("broken.js one_read_one_message", f"node {z('broken.js')} {{port}} one_read_one_message", []),
-    ("broken.py dies_on_cut", f"python3 {z('broken.py')} {{port}} dies_on_cut", []),
-    ("broken.py spins_on_eof", f"python3 {z('broken.py')} {{port}} spins_on_eof", []),
+    ("broken.py dies_on_cut", f"{PY} {z('broken.py')} {{port}} dies_on_cut", []),
+    ("broken.py spins_on_eof", f"{PY} {z('broken.py')} {{port}} spins_on_eof", []),
     ("broken.js drops_empty", f"node {z('broken.js')} {{port}} drops_empty", []),
-    ("broken.py truncates_large", f"python3 {z('broken.py')} {{port}} truncates_large", []),
-    ("varint.py single_recv_len", f"python3 {z('varint.py')} {{port}} single_recv_len", ["--framing", "varint"]),
+    ("broken.py truncates_large", f"{PY} {z('broken.py')} {{port}} truncates_large", []),
+    ("varint.py single_recv_len", f"{PY} {z('varint.py')} {{port}} single_recv_len", ["--framing", "varint"]),
     ("netstring.js digits_per_chunk", f"node {z('netstring.js')} {{port}} digits_per_chunk", ["--framing", "netstring"]),
-    ("noisy.py --bug (differential)", f"python3 {z('noisy.py')} {{port}} --bug", ["--oracle", "differential"]),
-    ("raw_exec.py small_recv", f"python3 {z('raw_exec.py')} {{port}} small_recv",
+    ("noisy.py --bug (differential)", f"{PY} {z('noisy.py')} {{port}} --bug", ["--oracle", "differential"]),
+    ("raw_exec.py small_recv", f"{PY} {z('raw_exec.py')} {{port}} small_recv",
      ["--framing", "raw", "--reply-framing", "i32le", "--oracle", "upper", "--max-size", "4KiB"]),
 ]
 CORRECT = [
-    ("correct.py", f"python3 {z('correct.py')} {{port}}", []),
-    ("correct.py --delay-ms 3", f"python3 {z('correct.py')} {{port}} --delay-ms 3", []),
-    ("correct.py --sequential", f"python3 {z('correct.py')} {{port}} --sequential", []),
+    ("correct.py", f"{PY} {z('correct.py')} {{port}}", []),
+    ("correct.py --delay-ms 3", f"{PY} {z('correct.py')} {{port}} --delay-ms 3", []),
+    ("correct.py --sequential", f"{PY} {z('correct.py')} {{port}} --sequential", []),
     ("correct.js", f"node {z('correct.js')} {{port}}", []),
-    ("varint.py correct", f"python3 {z('varint.py')} {{port}} correct", ["--framing", "varint"]),
+    ("varint.py correct", f"{PY} {z('varint.py')} {{port}} correct", ["--framing", "varint"]),
     ("netstring.js correct", f"node {z('netstring.js')} {{port}} correct", ["--framing", "netstring"]),
-    ("noisy.py (differential)", f"python3 {z('noisy.py')} {{port}}", ["--oracle", "differential"]),
-    ("raw_exec.py correct", f"python3 {z('raw_exec.py')} {{port}} correct",
+    ("noisy.py (differential)", f"{PY} {z('noisy.py')} {{port}}", ["--oracle", "differential"]),
+    ("raw_exec.py correct", f"{PY} {z('raw_exec.py')} {{port}} correct",
      ["--framing", "raw", "--reply-framing", "i32le", "--oracle", "upper", "--max-size", "4KiB"]),
 ]
 
