@@ -197,6 +197,38 @@ fn proxy_refuses_a_non_loopback_listen_without_allow_remote() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
 }
 
+/// `serve exec` starts each command through this binary as its trampoline; started
+/// that way with arguments it cannot use, it says so and runs nothing.
+#[test]
+fn the_exec_trampoline_refuses_arguments_it_cannot_use_and_runs_nothing() {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+        .arg0(chopstick_targets::exec::trampoline::ARG0)
+        .args([
+            "not-a-pid",
+            "6",
+            "1",
+            "64",
+            "512",
+            "0",
+            "/",
+            "/usr/bin/touch",
+            "touch",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(chopstick_targets::exec::trampoline::CONFINE_FAILED)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad trampoline arguments: server pid"),
+        "{stderr}"
+    );
+}
+
 /// A CPU-bound command line no other test runs, so /proc finds only this test's.
 const HOG: [&str; 4] = ["wc", "-l", "-c", "/dev/zero"];
 const HOGS: usize = 300;

@@ -137,6 +137,8 @@ fn secs(s: f64, what: &str) -> Result<Duration> {
 }
 
 pub fn main() -> ExitCode {
+    // Started by `serve exec` to run one command confined: becomes that command.
+    chopstick_targets::exec::trampoline::enter_if_invoked();
     // SAFETY: the first thing the program does, before any thread is started (the
     // runtime and tracing come later), as `take_env_key` requires.
     unsafe { chopstick_targets::auth::take_env_key() };

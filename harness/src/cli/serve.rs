@@ -222,6 +222,8 @@ impl ExecArgs {
                 demote_after: secs(self.demote_after, "demote-after")?,
                 ..exec::Limits::default()
             },
+            // This binary's `main` enters the trampoline first (`crate::cli::main`).
+            launch: exec::Launch::Trampoline("/proc/self/exe".into()),
         })
     }
 }

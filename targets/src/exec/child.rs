@@ -24,6 +24,8 @@ use super::priority::Priority;
 use super::sandbox::{self, Limits};
 use super::slots::Ticket;
 use super::spawner;
+use super::trampoline;
+use super::Launch;
 use crate::memory::{Memory, Reservation};
 
 /// The only PATH a child sees, and the only places a program is looked up in.
@@ -47,6 +49,7 @@ pub struct Spec {
     pub timeout: Duration,
     pub output_cap: usize,
     pub limits: Limits,
+    pub launch: Launch,
     /// Output is reserved here as it arrives (see [`crate::memory`]).
     pub memory: Arc<Memory>,
 }
@@ -162,14 +165,38 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
             }
         },
     };
-    let mut cmd = Command::new(&spec.program);
-    {
-        use std::os::unix::process::CommandExt;
-        // The child sees the bare name as argv[0], as a shell would have given it.
-        cmd.as_std_mut().arg0(&spec.argv[0]);
-    }
-    cmd.args(&spec.argv[1..])
-        .env_clear()
+    // Removed (with anything the child left in it) when this function returns, after
+    // the reap.
+    let cell = match sandbox::Cell::new(spec.launch == Launch::Fork) {
+        Ok(cell) => cell,
+        Err(e) => {
+            outcome.spawn_error = Some(e);
+            return outcome;
+        }
+    };
+    let mut cmd = match &spec.launch {
+        Launch::Fork => {
+            let mut cmd = Command::new(&spec.program);
+            // The child sees the bare name as argv[0], as a shell would have given it.
+            cmd.arg0(&spec.argv[0]);
+            cmd.args(&spec.argv[1..]);
+            cmd
+        }
+        Launch::Trampoline(path) => {
+            let mut cmd = Command::new(path);
+            cmd.arg0(trampoline::ARG0);
+            cmd.args(trampoline::args(
+                spec.limits,
+                sandbox::cpu_seconds(spec.timeout),
+                cell.landlock(),
+                cell.dir(),
+                &spec.program,
+                &spec.argv,
+            ));
+            cmd
+        }
+    };
+    cmd.env_clear()
         .env("PATH", FIXED_PATH)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -179,16 +206,13 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
         // Backstop: kills the leader if the Child is dropped un-reaped; tokio then
         // reaps it in the background.
         .kill_on_drop(true);
-    // Removed (with anything the child left in it) when this function returns, after
-    // the reap.
-    let cell = match sandbox::Cell::new() {
-        Ok(cell) => cell,
-        Err(e) => {
-            outcome.spawn_error = Some(e);
-            return outcome;
+    match spec.launch {
+        Launch::Fork => sandbox::confine(cmd.as_std_mut(), spec.limits, spec.timeout, &cell),
+        // It confines itself; only the directory is set from here.
+        Launch::Trampoline(_) => {
+            cmd.current_dir(cell.dir());
         }
-    };
-    sandbox::confine(cmd.as_std_mut(), spec.limits, spec.timeout, &cell);
+    }
     let mut child = match spawner::spawn(cmd).await {
         Ok(child) => child,
         Err(e) => {

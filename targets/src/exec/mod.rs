@@ -55,6 +55,7 @@ pub mod priority;
 pub mod sandbox;
 pub mod slots;
 mod spawner;
+pub mod trampoline;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -111,6 +112,23 @@ pub struct Config {
     pub slots: Arc<Slots>,
     /// Priority and resource limits of each child.
     pub limits: Limits,
+    /// How a child is started.
+    pub launch: Launch,
+}
+
+/// How exec starts a child; either way it gets the same confinement ([`sandbox`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Launch {
+    /// Fork the server, confine the copy, exec the program: works in any binary, but
+    /// each fork copies the server's page tables under its memory-map lock, which
+    /// stalls the server's threads when hundreds of commands start at once.
+    #[default]
+    Fork,
+    /// `posix_spawn` this binary, whose `main` calls [`trampoline::enter_if_invoked`]
+    /// first (`/proc/self/exe` for chopstick itself): no copy of the server is made;
+    /// the new process confines itself, then executes the program ([`trampoline`]).
+    Trampoline(std::path::PathBuf),
 }
 
 impl Default for Config {
@@ -122,6 +140,7 @@ impl Default for Config {
             output_cap: DEFAULT_OUTPUT_CAP,
             slots: Arc::default(),
             limits: Limits::default(),
+            launch: Launch::default(),
         }
     }
 }
@@ -355,6 +374,7 @@ pub(crate) fn parse_request(
         timeout: config.timeout,
         output_cap,
         limits: config.limits,
+        launch: config.launch.clone(),
         memory: config.common.memory.clone(),
     })
 }

@@ -34,8 +34,12 @@
 //! own file access (the allow-list, the empty environment and the working directory
 //! still apply); [`landlock_enforced`] says which case holds.
 //!
-//! Everything here runs in the forked child before `execve`, so it only makes raw
-//! system calls: no allocation, no locks (the server is multi-threaded).
+//! The confinement is applied by the child itself before it runs the program, in one
+//! of two ways ([`super::Launch`]): in a forked copy of the server between fork and
+//! `execve` ([`confine`]: raw system calls only, no allocation, no locks, since the
+//! server is multi-threaded), or by the trampoline, a fresh process of its own started
+//! without a fork ([`super::trampoline`], which builds its own ruleset). The steps and
+//! the limits are the same (`confine_now`).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -118,20 +122,37 @@ const LANDLOCK_ABI: ABI = ABI::V5;
 pub(crate) struct Cell {
     dir: tempfile::TempDir,
     /// `None` where the kernel has no Landlock.
-    ruleset: Option<OwnedFd>,
+    ruleset: Option<Rules>,
+}
+
+/// A cell's Landlock ruleset.
+#[derive(Debug)]
+enum Rules {
+    /// Built by the server, for a forked child to enter.
+    Built(OwnedFd),
+    /// Left to the trampoline to build and enter.
+    Deferred,
 }
 
 impl Cell {
-    /// Creates the working directory and the ruleset (in the parent: this allocates
-    /// and opens files, which the child may not do between fork and exec).
-    pub(crate) fn new() -> io::Result<Cell> {
+    /// Creates the working directory and, with `ruleset`, the Landlock ruleset (in
+    /// the parent: this allocates and opens files, which a forked child may not do
+    /// between fork and exec). Without it (a trampoline builds its own), the cell only
+    /// records whether the kernel has Landlock.
+    pub(crate) fn new(build_ruleset: bool) -> io::Result<Cell> {
         use std::os::unix::fs::PermissionsExt;
         // Private: what a child writes there is nobody else's business.
         let dir = tempfile::Builder::new()
             .prefix("chopstick-exec-")
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()?;
-        let ruleset = ruleset(dir.path()).map_err(io::Error::other)?;
+        let ruleset = if build_ruleset {
+            ruleset(dir.path())
+                .map_err(io::Error::other)?
+                .map(Rules::Built)
+        } else {
+            landlock_enforced().then_some(Rules::Deferred)
+        };
         if ruleset.is_none() && !LANDLOCK_WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "this kernel has no Landlock: exec children can read whatever the server \
@@ -145,13 +166,19 @@ impl Cell {
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Whether the child gets Landlock rules (this kernel has Landlock).
+    pub(crate) fn landlock(&self) -> bool {
+        self.ruleset.is_some()
+    }
 }
 
 static LANDLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 
-/// Whether this kernel enforces the Landlock rules children get.
+/// Whether this kernel enforces the Landlock rules children get (asked once).
 pub fn landlock_enforced() -> bool {
-    ruleset(Path::new("/")).is_ok_and(|r| r.is_some())
+    static ENFORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENFORCED.get_or_init(|| ruleset(Path::new("/")).is_ok_and(|r| r.is_some()))
 }
 
 fn ruleset(dir: &Path) -> Result<Option<OwnedFd>, landlock::RulesetError> {
@@ -188,7 +215,10 @@ pub(crate) fn confine(
 ) {
     use std::os::unix::process::CommandExt;
     cmd.current_dir(cell.dir());
-    let ruleset = cell.ruleset.as_ref().map(|fd| fd.as_raw_fd());
+    let ruleset = match &cell.ruleset {
+        Some(Rules::Built(fd)) => Some(fd.as_raw_fd()),
+        _ => None,
+    };
     let cpu = cpu_seconds(timeout);
     // SAFETY: getpid has no preconditions.
     let server = unsafe { libc::getpid() };
@@ -198,31 +228,71 @@ pub(crate) fn confine(
     // async-signal-safe system calls (prctl, getppid, setrlimit, landlock) on values copied
     // in beforehand, and builds its error with `last_os_error`, which does not allocate.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+        cmd.pre_exec(move || confine_now(server, cpu, limits, ruleset));
+    }
+}
+
+/// What [`confine`] does between fork and exec, done by the process itself: the
+/// trampoline ([`super::trampoline`]), a fresh process of its own that may allocate,
+/// so it builds its Landlock ruleset for `cell` here (`None`: no Landlock).
+pub(crate) fn confine_self(
+    server: u64,
+    cpu: u64,
+    limits: Limits,
+    cell: Option<&Path>,
+) -> io::Result<()> {
+    let server = libc::pid_t::try_from(server).map_err(io::Error::other)?;
+    let ruleset = match cell {
+        Some(dir) => Some(ruleset(dir).map_err(io::Error::other)?.ok_or_else(|| {
+            io::Error::other("the server saw Landlock but this process does not")
+        })?),
+        None => None,
+    };
+    confine_now(
+        server,
+        cpu,
+        limits,
+        ruleset.as_ref().map(|fd| fd.as_raw_fd()),
+    )
+}
+
+/// Dies with the server, takes the limits, enters the ruleset. Only raw,
+/// async-signal-safe system calls on values copied in beforehand (it runs between fork
+/// and exec in [`confine`]); its error comes from `last_os_error`, which does not
+/// allocate.
+fn confine_now(
+    server: libc::pid_t,
+    cpu: u64,
+    limits: Limits,
+    ruleset: Option<std::os::fd::RawFd>,
+) -> io::Result<()> {
+    // SAFETY: prctl, getppid and landlock_restrict_self take plain integers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The server died before the request took effect: we are an orphan now.
+        if libc::getppid() != server {
+            libc::_exit(127);
+        }
+    }
+    set_limit(libc::RLIMIT_CPU, cpu)?;
+    set_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
+    set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
+    set_limit(libc::RLIMIT_NPROC, limits.processes)?;
+    if let Some(fd) = ruleset {
+        // SAFETY: as above. Landlock needs no_new_privs (or CAP_SYS_ADMIN); a setuid
+        // program could not have been made to run with more rights anyway.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // The server died before the request took effect: we are an orphan now.
-            if libc::getppid() != server {
-                libc::_exit(127);
+            if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0) != 0 {
+                return Err(io::Error::last_os_error());
             }
-            set_limit(libc::RLIMIT_CPU, cpu)?;
-            set_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
-            set_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
-            set_limit(libc::RLIMIT_NPROC, limits.processes)?;
-            if let Some(fd) = ruleset {
-                // Landlock needs no_new_privs (or CAP_SYS_ADMIN); a setuid program
-                // could not have been made to run with more rights anyway.
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        }
     }
+    Ok(())
 }
 
 /// Sets soft and hard limit alike, so the child cannot raise it again; never above the
