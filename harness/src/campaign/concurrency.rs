@@ -35,7 +35,7 @@ pub const MAX_CONCURRENCY: usize = 64;
 /// open. Generous for a loopback round trip; a slower answer means "one at a time".
 pub const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// How long connections may sit in the server's accept queue, never taken, before the
-/// probe stops waiting and says "one at a time" ([`super::stuck`]): a server that
+/// probe stops waiting and says "one at a time" (`campaign::stuck`): a server that
 /// serves clients concurrently takes a new one off the queue in well under a
 /// millisecond, and one that misses this on a busy machine is only checked more slowly.
 pub const ACCEPT_STALL: Duration = Duration::from_millis(150);

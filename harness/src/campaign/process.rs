@@ -88,7 +88,7 @@ pub fn owns_connection(pid: u32, local: SocketAddr, peer: SocketAddr) -> Option<
     Some(process_tree(pid)?.into_iter().any(holds))
 }
 
-/// `pid` and its descendants (at most [`MAX_TREE`]), from `/proc/PID/task/*/children`;
+/// `pid` and its descendants (at most `MAX_TREE`, 64), from `/proc/PID/task/*/children`;
 /// `None` if the tree is larger. A process that exits meanwhile is simply missing.
 pub fn process_tree(pid: u32) -> Option<Vec<u32>> {
     let mut tree = Vec::new();

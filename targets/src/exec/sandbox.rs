@@ -36,7 +36,7 @@
 //!
 //! The confinement is applied by the child itself before it runs the program, in one
 //! of two ways ([`super::Launch`]): in a forked copy of the server between fork and
-//! `execve` ([`confine`]: raw system calls only, no allocation, no locks, since the
+//! `execve` (`confine`: raw system calls only, no allocation, no locks, since the
 //! server is multi-threaded), or by the trampoline, a fresh process of its own started
 //! without a fork ([`super::trampoline`], which builds its own ruleset). The steps and
 //! the limits are the same (`confine_now`).
