@@ -64,13 +64,7 @@ pub fn owns_connection(pid: u32, local: SocketAddr, peer: SocketAddr) -> Option<
     let (SocketAddr::V4(local), SocketAddr::V4(peer)) = (local, peer) else {
         return None;
     };
-    let hex = |a: std::net::SocketAddrV4| {
-        format!(
-            "{:08X}:{:04X}",
-            u32::from_le_bytes(a.ip().octets()),
-            a.port()
-        )
-    };
+    let hex = |a: std::net::SocketAddrV4| format!("{}:{:04X}", hex_ip(a.into()), a.port());
     let (theirs, ours) = (hex(peer), hex(local));
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let inode = table.lines().skip(1).find_map(|line| {
@@ -86,6 +80,19 @@ pub fn owns_connection(pid: u32, local: SocketAddr, peer: SocketAddr) -> Option<
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str()))
     };
     Some(process_tree(pid)?.into_iter().any(holds))
+}
+
+/// An address as `/proc/net/tcp{,6}` prints it: 32-bit words in host (little-endian)
+/// byte order, in hex.
+pub(crate) fn hex_ip(addr: SocketAddr) -> String {
+    let octets: Vec<u8> = match addr {
+        SocketAddr::V4(a) => a.ip().octets().to_vec(),
+        SocketAddr::V6(a) => a.ip().octets().to_vec(),
+    };
+    octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+        .collect()
 }
 
 /// `pid` and its descendants (at most `MAX_TREE`, 64), from `/proc/PID/task/*/children`;

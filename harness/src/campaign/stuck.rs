@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::process::process_tree;
+use super::process::{hex_ip, process_tree};
 use super::target::{Target, TargetSpec};
 use crate::bench::cpu;
 
@@ -167,19 +167,6 @@ fn listener_queue(line: &str, addr: SocketAddr) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
-}
-
-/// An address as `/proc/net/tcp{,6}` prints it: 32-bit words in host (little-endian)
-/// byte order, in hex.
-fn hex_ip(addr: SocketAddr) -> String {
-    let octets: Vec<u8> = match addr {
-        SocketAddr::V4(a) => a.ip().octets().to_vec(),
-        SocketAddr::V6(a) => a.ip().octets().to_vec(),
-    };
-    octets
-        .chunks(4)
-        .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
-        .collect()
 }
 
 #[cfg(test)]

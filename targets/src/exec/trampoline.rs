@@ -20,6 +20,7 @@
 //! stderr) and exits [`CONFINE_FAILED`]; if the program cannot be executed, 127, as a
 //! shell would. It never runs the program unconfined.
 
+use std::convert::Infallible;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -79,9 +80,7 @@ pub(crate) fn args(
     out
 }
 
-enum Never {}
-
-fn run(args: &[OsString]) -> Result<Never, (i32, String)> {
+fn run(args: &[OsString]) -> Result<Infallible, (i32, String)> {
     let bad = |what: &str| (CONFINE_FAILED, format!("bad trampoline arguments: {what}"));
     let number = |i: usize, what: &str| -> Result<u64, (i32, String)> {
         args.get(i)
