@@ -21,6 +21,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 
 use super::conn::Conn;
 use super::judge::{End, Seen};
+use crate::chaos::peer_queue::PeerQueue;
 use crate::chaos::{Ending, Plan, Step};
 use bytes::BytesMut;
 use chopstick_targets::wire::{
@@ -172,6 +173,12 @@ pub async fn drive(
         // SO_LINGER 0: closing the socket at the plan's `reset` sends an RST.
         sock.reset_on_close();
     }
+    // Where the kernel tells us what the server has read, the gap between two writes
+    // ends as soon as it has read the last piece ([`PeerQueue`]).
+    let peer = match &sock {
+        Conn::Tcp(tcp) => PeerQueue::new(tcp),
+        Conn::Duplex(_) => None,
+    };
     let (read, mut write) = sock.into_split();
     let (replies_tx, mut replies_rx) = watch::channel(0usize);
     let frame_ends: Vec<usize> = layouts.iter().map(|l| l.end).collect();
@@ -215,8 +222,13 @@ pub async fn drive(
                         // Only when there is something left to wait: a tokio sleep that is
                         // already due still waits for the next timer tick (up to 1 ms).
                         if let Some(due) = last_write.map(|t| t + timing.min_pause) {
-                            if due > tokio::time::Instant::now() {
-                                tokio::time::sleep_until(due).await;
+                            let now = tokio::time::Instant::now();
+                            match &peer {
+                                Some(q) if due > now => {
+                                    q.wait_read(due - now).await;
+                                }
+                                None if due > now => tokio::time::sleep_until(due).await,
+                                _ => {}
                             }
                         }
                         // A server that stops reading must not stall us forever.

@@ -484,6 +484,9 @@ pub async fn liveness(
     let deadline = tokio::time::Instant::now() + config.liveness;
     let timing = Timing {
         reply_timeout: config.liveness,
+        // Only the first reply is judged: listening on for phantom replies would cost
+        // every probe `grace`, 200 ms a cut on a one-client-at-a-time server.
+        grace: Duration::ZERO,
         ..config.timing
     };
     let mut last = String::new();

@@ -10,6 +10,7 @@
 //!   pauses, FIN or RST).
 
 pub mod faults;
+pub mod peer_queue;
 pub mod plan;
 pub mod seed;
 pub mod stream;

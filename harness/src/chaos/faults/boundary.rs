@@ -1,4 +1,4 @@
-//! `boundary`: cut exactly where receivers break (`boundary:all=true:pause_us=1000`).
+//! `boundary`: cut exactly where receivers break (`boundary:all=true`).
 //!
 //! [`cuts`] lists, for every frame, the offsets where a receiver that assumes "one read
 //! = one message" goes wrong: each offset inside the length field, the end of the length
@@ -6,7 +6,8 @@
 //! end, inside the body (first byte, middle, last byte), just before a trailer (line's
 //! newline), the frame's end, and one byte into the next frame. A plan cuts at all of
 //! them (`all=true`) or at a random non-empty subset (each kept with probability 1/2),
-//! with a pause at each cut so a real peer reads the pieces apart. Without layouts it
+//! each piece its own write, so a real peer reads the pieces apart (the executors' gap;
+//! `pause_us`, default 0, adds a fixed pause at each cut). Without layouts it
 //! falls back to a few random offsets.
 
 use chopstick_targets::wire::FrameLayout;
@@ -83,21 +84,13 @@ pub fn cuts(frames: &[FrameLayout]) -> Vec<(CutKind, usize)> {
     out
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Boundary {
     /// Cut at every listed offset instead of a random subset.
     pub all: bool,
+    /// Extra pause at each cut in microseconds (0: only the executor's gap).
     pub pause_us: u64,
-}
-
-impl Default for Boundary {
-    fn default() -> Self {
-        Boundary {
-            all: false,
-            pause_us: 1000,
-        }
-    }
 }
 
 impl Fault for Boundary {

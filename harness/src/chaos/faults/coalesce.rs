@@ -1,10 +1,11 @@
 //! `coalesce`: several frames in one write, sometimes with the start of the next header
-//! (`coalesce:max=4:partial=0.5:pause_us=1000`) — the "sticky packet" fault.
+//! (`coalesce:max=4:partial=0.5`) — the "sticky packet" fault.
 //!
 //! Frames are grouped 2..=`max` at a time; with probability `partial` a group also
 //! carries the first 1..=header bytes of the frame after it (never the whole frame), so
 //! the receiver holds complete frames *and* a partial header after one read. Groups are
-//! `pause_us` apart so a real peer does not merge them further. Without layouts the
+//! separate writes, kept apart by the executors' gap (plus `pause_us`, default 0) so a
+//! real peer does not merge them further. Without layouts the
 //! stream goes out in one to three large writes.
 //!
 //! A relay can only merge frames it holds. `hold_ms` (default 12) is how long the proxy
@@ -48,7 +49,7 @@ impl Default for Coalesce {
         Coalesce {
             max: 4,
             partial: 0.5,
-            pause_us: 1000,
+            pause_us: 0,
             hold_ms: DEFAULT_HOLD_MS,
         }
     }

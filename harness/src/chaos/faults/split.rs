@@ -1,7 +1,10 @@
-//! `split`: random chunk sizes with a pause between pieces (`split:max=64:pause_us=1000`).
+//! `split`: random chunk sizes, one write each (`split:max=64`, `split:pause_us=5000`).
 //!
-//! The plain "one send arrives as many reads" fault. The pause matters on real sockets:
-//! without it the kernel may hand the pieces to the peer in one read again.
+//! The plain "one send arrives as many reads" fault. On a real socket the pieces must
+//! also reach the peer apart, or the kernel hands them over in one read again: the
+//! executors keep a least gap between two writes, which ends early once the peer has
+//! read the last piece (see [`crate::chaos::peer_queue`]). `pause_us` (default 0) adds a
+//! fixed pause after each piece on top, for a peer that must see slow pieces.
 //!
 //! Receivers break at frame edges, so that is where the cuts are fine-grained: chunks of
 //! 1..=`max` bytes cover each header and the first and last `4 * max` bytes of each body.
@@ -23,7 +26,7 @@ use super::{parse_count, parse_pause, Configure, Events, OptError};
 use crate::chaos::{Fault, Plan};
 
 /// Chunks of 1..=`max` bytes near frame edges (1..=`coarse` inside large bodies),
-/// `pause_us` apart.
+/// each followed by `pause_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Split {
@@ -31,7 +34,7 @@ pub struct Split {
     pub max: usize,
     /// Largest chunk in the middle of a large body; 0 = `max` everywhere.
     pub coarse: usize,
-    /// Pause between chunks in microseconds.
+    /// Extra pause after each chunk in microseconds (0: only the executor's gap).
     pub pause_us: u64,
 }
 
@@ -40,7 +43,7 @@ impl Default for Split {
         Split {
             max: 16,
             coarse: 64 * 1024,
-            pause_us: 1000,
+            pause_us: 0,
         }
     }
 }

@@ -32,7 +32,7 @@ fn the_example_list_parses_into_three_entries() {
 #[test]
 fn display_is_canonical_and_parses_back() {
     for (input, canonical) in [
-        ("split:max=64:pause_us=1000", "split:max=64"),
+        ("split:max=64:pause_us=0", "split:max=64"),
         ("disconnect:at=17:mode=reset", "disconnect:mode=reset:at=17"),
         ("coalesce:p=0.5", "coalesce:p=0.5"),
         (
