@@ -10,7 +10,7 @@
 //!
 //! Not exact: a peer still inside the read that emptied its queue (it holds the socket
 //! until it returns) takes a piece that arrives then into the same read, so the wait
-//! goes on [`SETTLE`] (50 us) after the queue is seen empty. Waiting for our own
+//! goes on 50 us (`SETTLE`) after the queue is seen empty. Waiting for our own
 //! unacknowledged bytes to reach zero instead would be exact, but loopback delays ACKs
 //! of small pieces (up to 40 ms), so every piece would wait the whole gap again. A
 //! merged piece is what TCP may do anyway.
@@ -91,7 +91,7 @@ impl PeerQueue {
         None
     }
 
-    /// Waits until the peer has read everything we sent (and [`SETTLE`] more), or `gap`
+    /// Waits until the peer has read everything we sent (and 50 us more), or `gap`
     /// has passed, whichever comes first. Returns how long it waited.
     pub async fn wait_read(&self, gap: Duration) -> Duration {
         let start = tokio::time::Instant::now();
