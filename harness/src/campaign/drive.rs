@@ -175,7 +175,7 @@ pub async fn drive(
     }
     // Where the kernel tells us what the server has read, the gap between two writes
     // ends as soon as it has read the last piece ([`PeerQueue`]).
-    let peer = match &sock {
+    let mut peer = match &sock {
         Conn::Tcp(tcp) => PeerQueue::new(tcp),
         Conn::Duplex(_) => None,
     };
@@ -223,7 +223,7 @@ pub async fn drive(
                         // already due still waits for the next timer tick (up to 1 ms).
                         if let Some(due) = last_write.map(|t| t + timing.min_pause) {
                             let now = tokio::time::Instant::now();
-                            match &peer {
+                            match peer.as_mut() {
                                 Some(q) if due > now => {
                                     q.wait_read(due - now).await;
                                 }
