@@ -206,6 +206,7 @@ fn the_exec_trampoline_refuses_arguments_it_cannot_use_and_runs_nothing() {
         .arg0(chopstick_targets::exec::trampoline::ARG0)
         .args([
             "not-a-pid",
+            "10",
             "6",
             "1",
             "64",
@@ -227,6 +228,43 @@ fn the_exec_trampoline_refuses_arguments_it_cannot_use_and_runs_nothing() {
         stderr.contains("bad trampoline arguments: server pid"),
         "{stderr}"
     );
+}
+
+/// The trampoline lowers its own priority to the level it is given before anything
+/// else, so that the start-up of many children does not compete with the server at the
+/// server's level.
+#[test]
+fn the_exec_trampoline_runs_the_command_at_the_niceness_it_was_given() {
+    use std::os::unix::process::CommandExt;
+    let stat = |out: &[u8]| -> i64 {
+        let s = String::from_utf8_lossy(out);
+        // Field 19 of /proc/PID/stat, the 17th after `(comm)`.
+        s[s.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_chopstick"))
+        .arg0(chopstick_targets::exec::trampoline::ARG0)
+        .args([
+            &std::process::id().to_string(),
+            "19",
+            "6",
+            "1073741824",
+            "64",
+            "512",
+            "0",
+            "/",
+            "/bin/cat",
+            "cat",
+            "/proc/self/stat",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stat(&out.stdout), 19, "{out:?}");
 }
 
 /// A CPU-bound command line no other test runs, so /proc finds only this test's.

@@ -187,6 +187,80 @@ async fn a_child_that_keeps_wanting_the_cpu_drops_to_nice_19_and_a_sleeping_one_
     wait_until_reaped(&sleeper_proc).await;
 }
 
+/// A burst must not leave a crowd of children at the starting level, where they
+/// outweigh the server while it is late demoting them: only `FRESH_PER_CORE` per core
+/// start there, the others start demoted, and a place comes back when its child ends.
+#[tokio::test]
+async fn only_a_few_children_per_core_start_at_the_starting_level_the_rest_start_demoted() {
+    use chopstick_targets::exec::priority::{DEMOTED_NICE, FRESH_PER_CORE};
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_secs(20);
+    let (server, _) = start(config);
+    let own_nice = nice_of(std::process::id()).unwrap();
+    let start_nice = (own_nice + 10).min(DEMOTED_NICE);
+    if start_nice == DEMOTED_NICE {
+        eprintln!("this test runs at nice {own_nice}: every child starts at 19");
+        return;
+    }
+    let places = FRESH_PER_CORE * std::thread::available_parallelism().unwrap().get();
+    // Sleepers are never demoted, so the levels they start at stay put. Command lines
+    // no other test uses, so /proc finds ours.
+    let secs: Vec<String> = (0..places + 2)
+        .map(|i| format!("19.{:04}", 7000 + i))
+        .collect();
+    let mut conns = Vec::new();
+    for s in &secs {
+        let mut c = common::connect(server.addr).await;
+        c.write_all(&request(&["sleep", s], b"")).await.unwrap();
+        conns.push(c);
+    }
+    // Each one's level is set just after it starts: wait until every one has it.
+    let levels =
+        |procs: &[Proc]| -> Vec<Option<i32>> { procs.iter().map(|p| nice_of(p.pid)).collect() };
+    let mut procs = Vec::new();
+    for s in &secs {
+        procs.push(wait_for_proc(&["sleep", s]).await);
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while levels(&procs)
+        .iter()
+        .any(|n| *n != Some(start_nice) && *n != Some(DEMOTED_NICE))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "levels {:?}",
+            levels(&procs)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let at_start = levels(&procs)
+        .iter()
+        .filter(|n| **n == Some(start_nice))
+        .count();
+    assert_eq!(at_start, places, "levels {:?}", levels(&procs));
+
+    // One at the starting level ends: its place goes to the next child.
+    let i = procs
+        .iter()
+        .position(|p| nice_of(p.pid) == Some(start_nice))
+        .unwrap();
+    common::reset(conns.remove(i));
+    wait_until_reaped(&procs.remove(i)).await;
+    let next = "19.6999";
+    let mut c = common::connect(server.addr).await;
+    c.write_all(&request(&["sleep", next], b"")).await.unwrap();
+    let p = wait_for_proc(&["sleep", next]).await;
+    wait_nice(p.pid, start_nice, "the child after a place came free").await;
+    conns.push(c);
+    procs.push(p);
+    for c in conns {
+        common::reset(c);
+    }
+    for p in &procs {
+        wait_until_reaped(p).await;
+    }
+}
+
 #[tokio::test]
 async fn cpu_bound_requests_beyond_the_slots_all_end_by_their_deadline() {
     let mut config = with_slots(&[], 2, 16);

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::priority::Priority;
+use super::priority::{Priority, Start};
 use super::sandbox::{self, Limits};
 use super::slots::Ticket;
 use super::spawner;
@@ -152,6 +152,7 @@ enum End {
 async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Outcome {
     let mut outcome = Outcome::default();
     let deadline = Instant::now() + spec.timeout;
+    let fresh = ticket.fresh();
     // Held until the child is reaped (the end of this function), so a slot stands for
     // a live process.
     let _slot = tokio::select! {
@@ -174,6 +175,8 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
             return outcome;
         }
     };
+    // Chosen before the start, so a trampoline starts at it already.
+    let start = Start::claim(&spec.limits, fresh);
     let mut cmd = match &spec.launch {
         Launch::Fork => {
             let mut cmd = Command::new(&spec.program);
@@ -186,6 +189,7 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
             let mut cmd = Command::new(path);
             cmd.arg0(trampoline::ARG0);
             cmd.args(trampoline::args(
+                start.nice,
                 spec.limits,
                 sandbox::cpu_seconds(spec.timeout),
                 cell.landlock(),
@@ -225,11 +229,11 @@ async fn run(spec: Spec, ticket: Ticket, mut abort: oneshot::Receiver<()>) -> Ou
     };
     // Polled only beside the pump and the wait below, that is while the child is
     // unreaped, as `demote_when_due` requires.
-    let priority = child
+    let mut priority = child
         .id()
-        .and_then(|pid| Priority::start(pid, &spec.limits));
+        .and_then(|pid| Priority::start(pid, start, &spec.limits));
     let demote = async {
-        match &priority {
+        match &mut priority {
             Some(p) => p.demote_when_due().await,
             None => std::future::pending().await,
         }

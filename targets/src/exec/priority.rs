@@ -21,10 +21,23 @@
 //! Both levels are set from the server right after the child starts (not in the child
 //! before `execve`): a low-priority child would otherwise hold up the server thread
 //! that waits for its `execve`. The level applies to the child's whole process group.
+//! (A [`super::trampoline`] also lowers itself to the starting level first thing, once
+//! that thread is free: its own start-up then runs below the server too.)
+//!
+//! At most [`FRESH_PER_CORE`] children per core of a server hold the starting level at
+//! once; a child started beyond that starts at [`DEMOTED_NICE`]. The
+//! demotions are the server's own timers, and in a burst the server is late for them:
+//! 300 hogs arriving together left 169 of them at +10 after 0.6 s, where their weight
+//! (110 each against the server's 1024 per thread) kept the server from reading the
+//! rest of the burst for up to 3 s. With the cap, the +10 crowd is a few children
+//! whatever the server's lateness; a short command arriving after the burst finds the
+//! level free (demoted hogs give theirs back).
 //! Checks back off (from [`FIRST_CHECK`], doubling up to [`MAX_CHECK`]), so a child
 //! that waits on I/O until its deadline costs a handful of reads.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,6 +51,51 @@ pub const FIRST_CHECK: Duration = Duration::from_millis(20);
 /// Longest gap between two looks at a child that keeps its priority.
 pub const MAX_CHECK: Duration = Duration::from_millis(500);
 
+/// Children per core that may hold the starting level at once, per server (see the
+/// module doc).
+pub const FRESH_PER_CORE: usize = 2;
+
+/// The level a child starts at, chosen before it is started (a trampoline sets it on
+/// itself): the starting level while one of the server's [`FRESH_PER_CORE`] places is
+/// free, else [`DEMOTED_NICE`].
+#[derive(Debug)]
+pub(crate) struct Start {
+    /// The absolute niceness.
+    pub(crate) nice: i32,
+    /// The place at the starting level, given back when the child is demoted or ends.
+    fresh: Option<Fresh>,
+}
+
+/// A place at the starting level, counted in the server's `fresh`.
+#[derive(Debug)]
+struct Fresh(Arc<AtomicUsize>);
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Start {
+    /// The server's own niceness plus `limits.nice` (at most 19), if one of the places
+    /// counted in `fresh` is free.
+    pub(crate) fn claim(limits: &Limits, fresh: Arc<AtomicUsize>) -> Start {
+        let level = own_nice().saturating_add(limits.nice).min(DEMOTED_NICE);
+        let cap = FRESH_PER_CORE
+            * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let claimed = level < DEMOTED_NICE
+            && fresh
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < cap).then_some(n + 1)
+                })
+                .is_ok();
+        Start {
+            nice: if claimed { level } else { DEMOTED_NICE },
+            fresh: claimed.then(|| Fresh(fresh)),
+        }
+    }
+}
+
 /// The scheduling priority of one running child (its process group).
 #[derive(Debug)]
 pub(crate) struct Priority {
@@ -45,31 +103,36 @@ pub(crate) struct Priority {
     pid: i32,
     started: Instant,
     demote_after: Duration,
+    /// Still at the starting level.
+    fresh: Option<Fresh>,
 }
 
 impl Priority {
-    /// Sets the starting priority of the child `pid` (the server's own nice plus
-    /// `limits.nice`, at most 19). Call right after it started, while it is unreaped.
-    pub(crate) fn start(pid: u32, limits: &Limits) -> Option<Priority> {
+    /// Sets the level `start` chose on the child `pid`. Call right after it started,
+    /// while it is unreaped.
+    pub(crate) fn start(pid: u32, start: Start, limits: &Limits) -> Option<Priority> {
         let pid = i32::try_from(pid).ok()?;
         let priority = Priority {
             pid,
             started: Instant::now(),
             demote_after: limits.demote_after,
+            fresh: start.fresh,
         };
-        priority.set(own_nice().saturating_add(limits.nice).min(DEMOTED_NICE));
+        priority.set(start.nice);
         Some(priority)
     }
 
     /// Never resolves; demotes the child once it is a long job (see the module doc).
     /// Poll it only while the child is unreaped (so its group id cannot have been
     /// reused): alongside the I/O and the wait, never after them.
-    pub(crate) async fn demote_when_due(&self) -> Infallible {
+    pub(crate) async fn demote_when_due(&mut self) -> Infallible {
         let mut backoff = FIRST_CHECK;
-        loop {
+        // Started demoted: nothing to watch.
+        while self.fresh.is_some() {
             let age = self.started.elapsed();
             if self.is_long_job(age) {
                 self.set(DEMOTED_NICE);
+                self.fresh = None;
                 break;
             }
             // Neither rule can hold before `demote_after` has passed; the cap keeps a

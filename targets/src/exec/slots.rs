@@ -113,6 +113,8 @@ pub struct Slots {
     max_waiting: usize,
     waiting: AtomicUsize,
     refused: AtomicU64,
+    /// Children at the starting priority now ([`super::priority::Start`]).
+    fresh: Arc<AtomicUsize>,
 }
 
 /// What [`Slots::snapshot`] reports.
@@ -145,6 +147,7 @@ impl Slots {
             max_waiting,
             waiting: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            fresh: Arc::default(),
         }
     }
 
@@ -188,6 +191,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The count of this server's children at the starting priority.
+    pub(crate) fn fresh(&self) -> Arc<AtomicUsize> {
+        self.slots.fresh.clone()
+    }
+
     /// Waits for a running slot; the permit frees it when dropped (after the reap).
     pub async fn admit(mut self) -> OwnedSemaphorePermit {
         let permit = self
