@@ -7,7 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chopstick_targets::exec::priority::DEMOTED_NICE;
 use chopstick_targets::exec::{Config, Slots};
+use chopstick_targets::server::Handle;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -187,22 +189,49 @@ async fn a_child_that_keeps_wanting_the_cpu_drops_to_nice_19_and_a_sleeping_one_
     wait_until_reaped(&sleeper_proc).await;
 }
 
+/// A server running `sleep`, the starting level of its children and how many places
+/// at that level it has.
+struct Places {
+    server: Handle,
+    start_nice: i32,
+    places: usize,
+}
+
+/// `None` (and says why) where this test process runs so low that every child starts
+/// at 19 anyway.
+fn sleep_server(demote_after: Duration) -> Option<Places> {
+    use chopstick_targets::exec::priority::FRESH_PER_CORE;
+    let own_nice = nice_of(std::process::id()).unwrap();
+    let start_nice = (own_nice + 10).min(DEMOTED_NICE);
+    if start_nice == DEMOTED_NICE {
+        eprintln!("this test runs at nice {own_nice}: every child starts at 19");
+        return None;
+    }
+    let mut config = allowing(&["sleep"]);
+    config.timeout = Duration::from_secs(20);
+    config.limits.demote_after = demote_after;
+    let (server, _) = start(config);
+    Some(Places {
+        server,
+        start_nice,
+        places: FRESH_PER_CORE * std::thread::available_parallelism().unwrap().get(),
+    })
+}
+
 /// A burst must not leave a crowd of children at the starting level, where they
 /// outweigh the server while it is late demoting them: only `FRESH_PER_CORE` per core
 /// start there, the others start demoted, and a place comes back when its child ends.
 #[tokio::test]
 async fn only_a_few_children_per_core_start_at_the_starting_level_the_rest_start_demoted() {
-    use chopstick_targets::exec::priority::{DEMOTED_NICE, FRESH_PER_CORE};
-    let mut config = allowing(&["sleep"]);
-    config.timeout = Duration::from_secs(20);
-    let (server, _) = start(config);
-    let own_nice = nice_of(std::process::id()).unwrap();
-    let start_nice = (own_nice + 10).min(DEMOTED_NICE);
-    if start_nice == DEMOTED_NICE {
-        eprintln!("this test runs at nice {own_nice}: every child starts at 19");
+    // Places are held for a child's first `demote_after`: longer than this test.
+    let Some(Places {
+        server,
+        start_nice,
+        places,
+    }) = sleep_server(Duration::from_secs(60))
+    else {
         return;
-    }
-    let places = FRESH_PER_CORE * std::thread::available_parallelism().unwrap().get();
+    };
     // Sleepers are never demoted, so the levels they start at stay put. Command lines
     // no other test uses, so /proc finds ours.
     let secs: Vec<String> = (0..places + 2)
@@ -253,6 +282,67 @@ async fn only_a_few_children_per_core_start_at_the_starting_level_the_rest_start
     wait_nice(p.pid, start_nice, "the child after a place came free").await;
     conns.push(c);
     procs.push(p);
+    for c in conns {
+        common::reset(c);
+    }
+    for p in &procs {
+        wait_until_reaped(p).await;
+    }
+}
+
+/// Sleepers past their first `demote_after` keep their level but give their place
+/// back, or a few of them would make every later child (a short command behind a crowd
+/// of hogs) start demoted.
+#[tokio::test]
+async fn sleepers_past_their_start_give_their_place_at_the_starting_level_back() {
+    let Some(Places {
+        server,
+        start_nice,
+        places,
+    }) = sleep_server(Duration::from_millis(100))
+    else {
+        return;
+    };
+    let mut conns = Vec::new();
+    let mut procs = Vec::new();
+    for i in 0..places {
+        let secs = format!("19.{:04}", 8000 + i);
+        let mut c = common::connect(server.addr).await;
+        c.write_all(&request(&["sleep", &secs], b"")).await.unwrap();
+        let p = wait_for_proc(&["sleep", &secs]).await;
+        wait_nice(p.pid, start_nice, "a sleeper within the places").await;
+        conns.push(c);
+        procs.push(p);
+    }
+    // Every place is taken by a sleeper that stays asleep. Once they are past their
+    // first 100 ms (whenever the server gets to look), a new child starts at the
+    // starting level again; each try that still finds them holding it ends at once.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for attempt in 0.. {
+        let secs = format!("19.{:04}", 9000 + attempt);
+        let mut c = common::connect(server.addr).await;
+        c.write_all(&request(&["sleep", &secs], b"")).await.unwrap();
+        let p = wait_for_proc(&["sleep", &secs]).await;
+        let level = loop {
+            match nice_of(p.pid) {
+                Some(n) if n == start_nice || n == DEMOTED_NICE => break n,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        common::reset(c);
+        wait_until_reaped(&p).await;
+        if level == start_nice {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sleepers never gave their places back ({attempt} tries)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in &procs {
+        assert_eq!(nice_of(p.pid), Some(start_nice), "a sleeper was demoted");
+    }
     for c in conns {
         common::reset(c);
     }

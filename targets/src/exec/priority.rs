@@ -23,17 +23,19 @@
 //! that waits for its `execve`. The level applies to the child's whole process group.
 //! (A [`super::trampoline`] also lowers itself to the starting level first thing, once
 //! that thread is free: its own start-up then runs below the server too.)
-//!
-//! At most [`FRESH_PER_CORE`] children per core of a server hold the starting level at
-//! once; a child started beyond that starts at [`DEMOTED_NICE`]. The
-//! demotions are the server's own timers, and in a burst the server is late for them:
-//! 300 hogs arriving together left 169 of them at +10 after 0.6 s, where their weight
-//! (110 each against the server's 1024 per thread) kept the server from reading the
-//! rest of the burst for up to 3 s. With the cap, the +10 crowd is a few children
-//! whatever the server's lateness; a short command arriving after the burst finds the
-//! level free (demoted hogs give theirs back).
 //! Checks back off (from [`FIRST_CHECK`], doubling up to [`MAX_CHECK`]), so a child
 //! that waits on I/O until its deadline costs a handful of reads.
+//!
+//! At most [`FRESH_PER_CORE`] children per core of a server start at the starting
+//! level within any `demote_after`; a child started beyond that starts at
+//! [`DEMOTED_NICE`]. The demotions are the server's own timers, and in a burst the
+//! server is late for them: 300 hogs arriving together left 169 of them at +10 after
+//! 0.6 s, where their weight (110 each against the server's 1024 per thread) kept the
+//! server from reading the rest of the burst for up to 3 s. With the cap, the +10 crowd
+//! is a few children whatever the server's lateness. A child gives its place back when
+//! it is demoted, ends, or is `demote_after` old and not a long job (a sleeper keeps its
+//! level, not its place: a few sleepers must not leave every later child demoted), so a
+//! short command arriving after a burst finds a place.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,7 +105,9 @@ pub(crate) struct Priority {
     pid: i32,
     started: Instant,
     demote_after: Duration,
-    /// Still at the starting level.
+    /// Started at, or demoted to, [`DEMOTED_NICE`].
+    demoted: bool,
+    /// Its place at the starting level, held until its first `demote_after`.
     fresh: Option<Fresh>,
 }
 
@@ -116,6 +120,7 @@ impl Priority {
             pid,
             started: Instant::now(),
             demote_after: limits.demote_after,
+            demoted: start.nice == DEMOTED_NICE,
             fresh: start.fresh,
         };
         priority.set(start.nice);
@@ -128,12 +133,17 @@ impl Priority {
     pub(crate) async fn demote_when_due(&mut self) -> Infallible {
         let mut backoff = FIRST_CHECK;
         // Started demoted: nothing to watch.
-        while self.fresh.is_some() {
+        while !self.demoted {
             let age = self.started.elapsed();
             if self.is_long_job(age) {
                 self.set(DEMOTED_NICE);
+                self.demoted = true;
                 self.fresh = None;
                 break;
+            }
+            if age >= self.demote_after {
+                // A sleeper keeps its level, not its place (see the module doc).
+                self.fresh = None;
             }
             // Neither rule can hold before `demote_after` has passed; the cap keeps a
             // long threshold (or `Duration::MAX`) a plain periodic check.

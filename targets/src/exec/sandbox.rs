@@ -5,7 +5,7 @@
 //!
 //! | limit | default | why |
 //! |---|---|---|
-//! | nice | +10 at start (at most 2 per core at once, the rest start at 19; a trampoline sets it on itself first thing), 19 once a long job: 50 ms of CPU, or 50 ms old and still runnable ([`super::priority`]) | the server is scheduled first, its timeouts stay punctual; short commands come before hogs |
+//! | nice | +10 at start (at most 2 per core in their first 50 ms, the rest start at 19; a trampoline sets it on itself first thing), 19 once a long job: 50 ms of CPU, or 50 ms old and still runnable ([`super::priority`]) | the server is scheduled first, its timeouts stay punctual; short commands come before hogs |
 //! | `RLIMIT_CPU` | timeout rounded up + 1 s | a backstop if the server could not kill in time |
 //! | `RLIMIT_AS` | 1 GiB | one child cannot take the machine's memory |
 //! | `RLIMIT_NOFILE` | 64 | enough for any filter program, not for fd exhaustion |
