@@ -83,12 +83,23 @@ fn median(v: &serde_json::Value) -> f64 {
         .unwrap_or_else(|| panic!("no median in {v}"))
 }
 
+/// Held by every test here for its whole run: each one measures a server's CPU and
+/// throughput, and run side by side (cargo's default) they loaded the machine for each
+/// other: with two busy loops on both cores as well, per_message's paced:64 CPU ratio
+/// rose from ~1.3x to 2.4x and per_read's fell from ~5x to 3.5x, under the margin.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisons it; the next one may still run.
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
 #[test]
 fn per_read_work_costs_far_more_cpu_per_message_under_paced_pieces_than_per_message_work() {
+    let _serial = serial();
     let dir = tmp();
     let mut ratios = Vec::new();
     for mode in ["per_read", "per_message"] {
@@ -116,6 +127,10 @@ fn per_read_work_costs_far_more_cpu_per_message_under_paced_pieces_than_per_mess
         ratios.push(median(&paced["vs_whole_server_cpu"]));
     }
     let (per_read, per_message) = (ratios[0], ratios[1]);
+    eprintln!(
+        "paced:64 / whole server CPU per message: per_read {per_read:.2}x, per_message \
+         {per_message:.2}x"
+    );
     // Ordering with a wide margin (typically ~5x against ~1.6x on an idle machine).
     assert!(
         per_read > 1.5 * per_message,
@@ -126,6 +141,7 @@ fn per_read_work_costs_far_more_cpu_per_message_under_paced_pieces_than_per_mess
 
 #[test]
 fn a_receiver_that_returns_short_messages_invalidates_its_run_and_exits_1() {
+    let _serial = serial();
     let dir = tmp();
     let json = dir.path().join("broken.json");
     let cmd = format!("python3 {} {{port}} single_read_body", zoo("broken.py"));
@@ -143,6 +159,7 @@ fn a_receiver_that_returns_short_messages_invalidates_its_run_and_exits_1() {
 
 #[test]
 fn the_plot_is_well_formed_svg_with_a_line_per_series_and_compare_catches_a_drop() {
+    let _serial = serial();
     let dir = tmp();
     let json = dir.path().join("echo.json");
     let svg: PathBuf = dir.path().join("echo.svg");
@@ -231,6 +248,7 @@ fn corpus(dir: &Path) -> PathBuf {
 
 #[test]
 fn real_requests_to_a_noisy_server_are_judged_against_its_own_masked_baselines() {
+    let _serial = serial();
     let dir = tmp();
     let requests = corpus(dir.path());
     let json = dir.path().join("noisy.json");
@@ -263,6 +281,7 @@ fn real_requests_to_a_noisy_server_are_judged_against_its_own_masked_baselines()
 
 #[test]
 fn real_requests_catch_a_server_that_reads_its_header_with_one_recv() {
+    let _serial = serial();
     let dir = tmp();
     let requests = corpus(dir.path());
     let json = dir.path().join("noisy-bug.json");
@@ -290,6 +309,7 @@ fn real_requests_catch_a_server_that_reads_its_header_with_one_recv() {
 
 #[test]
 fn a_server_that_does_not_answer_a_real_request_stops_the_bench_with_its_name() {
+    let _serial = serial();
     let dir = tmp();
     let requests = dir.path().join("one.txt");
     std::fs::write(&requests, "{\"text\": \"hello\"}\n").expect("write corpus");
