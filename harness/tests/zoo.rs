@@ -459,6 +459,11 @@ fn raw_requests_with_i32le_replies_catch_a_short_recv_buffer_and_pass_a_big_one(
 /// `check` against a misconfigured server: exit 2 with a diagnosis from the pre-flight,
 /// before any fault (so no reproducer is written).
 fn misconfigured(mode: &str, extra: &[&str]) -> String {
+    misconfigured_waiting(mode, "1", extra)
+}
+
+/// [`misconfigured`] with another `--reply-timeout` (seconds).
+fn misconfigured_waiting(mode: &str, reply_timeout: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let cmd = format!("python3 {} {{port}} {mode}", zoo("misconfig.py"));
     let mut args = vec![
@@ -468,7 +473,7 @@ fn misconfigured(mode: &str, extra: &[&str]) -> String {
         "--seed",
         "1",
         "--reply-timeout",
-        "1",
+        reply_timeout,
         "--liveness",
         "1",
         "--artifacts",
@@ -524,6 +529,16 @@ fn an_upper_casing_server_checked_with_echo_points_at_the_oracle() {
 #[test]
 fn a_server_that_serves_one_connection_and_exits_is_diagnosed() {
     let t = misconfigured("once", &[]);
+    assert!(t.contains("served one connection"), "{t}");
+}
+
+/// A connection queued while such a server exits is reset rather than refused: that
+/// alone reads like a server closing without a reply (a framing mismatch), which is
+/// how a busy machine once turned the test above into a false diagnosis. The reply
+/// timeout is well above the server's 0.5 s exit, so the reset, not a hang, ends it.
+#[test]
+fn a_server_that_serves_one_connection_and_exits_slowly_is_diagnosed() {
+    let t = misconfigured_waiting("once_slow", "10", &[]);
     assert!(t.contains("served one connection"), "{t}");
 }
 

@@ -102,9 +102,18 @@ pub async fn preflight(
             plan: Plan::passthrough(stream.len()),
             messages,
         };
+        let exits = target.exits;
         let result = run_case(target, config, &case).await;
         let Some(failure) = result.failure else {
             continue;
+        };
+        // A connection queued while the server was exiting is reset, not refused: judged
+        // by its bytes that is a reply-less close, yet the server died (seen under load
+        // with a server that exits after chopstick's start-up check).
+        let class = if target.exits > exits {
+            FailureClass::ServerDied
+        } else {
+            failure.class
         };
         // Replied correctly, then failed the liveness probe that follows an exit.
         let answered = !result.expected.is_empty() && result.seen.replies == result.expected;
@@ -114,7 +123,7 @@ pub async fn preflight(
             failure.class,
             failure.detail
         );
-        let diagnosis = match failure.class {
+        let diagnosis = match class {
             FailureClass::ServerDied if n == 0 && !answered => format!(
                 "the server exited before answering its first unfaulted frame: it crashes \
                  on this framing, or it {}",

@@ -151,6 +151,10 @@ pub struct Target {
     pgid: Option<u32>,
     stderr: Arc<Mutex<Vec<u8>>>,
     pub restarts: u32,
+    /// How many times a spawned target was found to have exited on its own by the time
+    /// it was restarted or killed: a server that dies while its listener still queues a
+    /// connection resets that connection, which alone looks like a reply-less close.
+    pub exits: u32,
     /// `--client`: the client started for each case.
     pub client: Option<ClientTarget>,
     /// An in-process target (with its handler), run once per connection.
@@ -182,6 +186,7 @@ impl Target {
             pgid: None,
             stderr: Arc::default(),
             restarts: 0,
+            exits: 0,
             client: None,
             duplex: None,
             tasks: CancellationToken::new(),
@@ -356,6 +361,9 @@ impl Target {
         std::mem::take(&mut self.tasks).cancel();
         if let Some(client) = self.client.as_mut() {
             client.kill().await;
+        }
+        if self.exited().is_some() {
+            self.exits += 1;
         }
         if let Some(pgid) = self.pgid.take() {
             kill_group(pgid);

@@ -10,6 +10,9 @@ Usage: misconfig.py PORT MODE
   wraps      echoes the whole request frame, header included, inside a new u32be frame
   upper      a correct u32be server that upper-cases (the oracle should be `upper`)
   once       a correct u32be echo server that serves one connection and exits
+  once_slow  the same, but it takes 0.5 s to exit and keeps listening meanwhile: a
+             connection queued then is reset when it exits (what a slow exit under load
+             does to `once`)
   silent     accepts and reads, never answers
 """
 import socket
@@ -83,8 +86,10 @@ def main():
     srv.listen(128)
     while True:
         conn, _ = srv.accept()
-        if MODE == "once":
+        if MODE in ("once", "once_slow"):
             serve_conn(conn)
+            if MODE == "once_slow":
+                time.sleep(0.5)
             return
         threading.Thread(target=serve_conn, args=(conn,), daemon=True).start()
 
