@@ -5,6 +5,7 @@
 //! [`Target::open`] gives the connection a case drives, whichever it is: a [`Conn`].
 
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -362,15 +363,19 @@ impl Target {
         if let Some(client) = self.client.as_mut() {
             client.kill().await;
         }
-        if self.exited().is_some() {
-            self.exits += 1;
-        }
+        // Gone already, or ended by anything but our SIGKILL: it was exiting on its own
+        // (a process already inside exit(2) keeps the status it chose, so one caught
+        // between exiting and being reaped counts too).
+        let gone = self.exited().is_some();
         if let Some(pgid) = self.pgid.take() {
             kill_group(pgid);
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            let reaped = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            if gone || matches!(reaped, Ok(Ok(s)) if s.signal() != Some(libc::SIGKILL)) {
+                self.exits += 1;
+            }
         }
     }
 }
