@@ -442,7 +442,9 @@ fn coalesce_merges_frames_sent_5_ms_apart() {
     let reads = reads_through(
         &[
             "--faults",
-            "coalesce",
+            // Held well beyond the 5 ms gaps (default 12 ms), so a sender starved by
+            // other processes still lands its next frame inside the hold.
+            "coalesce:hold_ms=50",
             "--framing",
             "u32be",
             "--direction",
@@ -628,7 +630,7 @@ fn split_toxic_with_framing_cuts_each_frame_into_separate_reads_and_delivers_it_
     let (_api, listen) = proxy_with_toxic(
         upstream,
         r#"{"name":"cut","type":"split","stream":"upstream",
-            "attributes":{"framing":"u32be","max":8,"pause_us":3000,"seed":11}}"#,
+            "attributes":{"framing":"u32be","max":8,"pause_us":20000,"seed":11}}"#,
     );
     let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
     assert_eq!(seen.end, End::Eof, "the client's FIN is passed on");
@@ -636,7 +638,8 @@ fn split_toxic_with_framing_cuts_each_frame_into_separate_reads_and_delivers_it_
     assert_eq!(u32be_payloads(&seen.bytes()), sent, "every frame whole");
     let reads = seen.reads.len();
     eprintln!("split: {} bytes in {reads} reads", stream.len());
-    // About 70 pieces of 1..=8 bytes lie near frame edges; a starved reader merges some.
+    // About 70 pieces of 1..=8 bytes lie near frame edges, 20 ms apart (a 3 ms gap is
+    // within a starved reader's wake-up latency); a starved reader still merges some.
     assert!(reads >= 20, "pieces seen as separate reads: only {reads}");
     // Frame-aware: the middle of the large body goes coarse. Cut unframed at 8 bytes,
     // that body alone would take 1 000 reads (merging only lowers the count).
@@ -658,7 +661,7 @@ fn boundary_toxic_ends_every_read_at_a_frame_edge_cut() {
     let (_api, listen) = proxy_with_toxic(
         upstream,
         r#"{"name":"edges","type":"boundary","stream":"upstream",
-            "attributes":{"framing":"u32be","all":true,"pause_us":3000,"seed":5}}"#,
+            "attributes":{"framing":"u32be","all":true,"pause_us":20000,"seed":5}}"#,
     );
     let seen = send_through(listen, std::slice::from_ref(&stream), Duration::ZERO, &seen);
     assert_eq!(seen.end, End::Eof);
@@ -705,11 +708,12 @@ fn coalesce_toxic_merges_frames_sent_5_ms_apart_into_fewer_reads_at_frame_ends()
         .iter()
         .map(|f| stream[f.start..f.end].to_vec())
         .collect();
-    // partial=0: groups of whole frames only, so every read ends at a frame end.
+    // partial=0: groups of whole frames only, so every read ends at a frame end. Held
+    // 50 ms (default 12), well beyond the 5 ms gaps, so a starved sender still merges.
     let (_api, listen) = proxy_with_toxic(
         upstream,
         r#"{"name":"sticky","type":"coalesce","stream":"upstream",
-            "attributes":{"framing":"u32be","partial":0,"seed":3}}"#,
+            "attributes":{"framing":"u32be","partial":0,"hold_ms":50,"seed":3}}"#,
     );
     let seen = send_through(listen, &writes, Duration::from_millis(5), &seen);
     assert_eq!(seen.end, End::Eof);

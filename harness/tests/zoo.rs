@@ -810,12 +810,22 @@ fn a_server_serving_one_client_at_a_time_passes_with_auto_concurrency_and_the_pr
             c.out
         );
         assert_eq!(c.report["concurrency"], 1, "{}", c.out);
-        let c = check_with(&threaded, seed, all, dir.path(), &[]);
-        assert_eq!(c.code, Some(0), "false alarm, seed {seed}:\n{}", c.out);
+        // The probe gives up on a connection left in the accept queue for 150 ms, which a
+        // CPython starved by other processes can miss now and then (it is then only
+        // checked more slowly); a probe that never sees concurrency fails all three.
+        let mut outs = Vec::new();
+        for _ in 0..3 {
+            let c = check_with(&threaded, seed, all, dir.path(), &[]);
+            assert_eq!(c.code, Some(0), "false alarm, seed {seed}:\n{}", c.out);
+            if c.report["concurrency"].as_u64().unwrap() > 1 {
+                break;
+            }
+            outs.push(c.out);
+        }
         assert!(
-            c.report["concurrency"].as_u64().unwrap() > 1,
-            "a threaded server probed as one at a time:\n{}",
-            c.out
+            outs.len() < 3,
+            "a threaded server probed as one at a time, three times:\n{}",
+            outs.join("\n---\n")
         );
     }
 }
