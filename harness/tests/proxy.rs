@@ -812,26 +812,25 @@ async fn upstream_refuses(faulted: bool) {
     let addr = proxy.addr;
     for _ in 0..3 {
         let reads = blocking(move || {
+            let ended_before_any_byte = |e: io::Error| Reads {
+                data: Vec::new(),
+                sizes: Vec::new(),
+                end: match e.kind() {
+                    io::ErrorKind::ConnectionReset => End::Reset,
+                    kind => End::Other(kind),
+                },
+            };
             // The proxy may reset the client before its connect() call has returned.
             match std::net::TcpStream::connect_timeout(&addr, DEADLINE) {
                 // The RST may also land before the write, which then reports it (and a
                 // read after it would see EOF).
                 Ok(mut client) => match client.write_all(b"hello") {
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Reads {
-                        data: Vec::new(),
-                        sizes: Vec::new(),
-                        end: End::Reset,
-                    },
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        ended_before_any_byte(e)
+                    }
                     _ => read_all(&mut client),
                 },
-                Err(e) => Reads {
-                    data: Vec::new(),
-                    sizes: Vec::new(),
-                    end: match e.kind() {
-                        io::ErrorKind::ConnectionReset => End::Reset,
-                        kind => End::Other(kind),
-                    },
-                },
+                Err(e) => ended_before_any_byte(e),
             }
         })
         .await;
